@@ -1,0 +1,104 @@
+"""Shared config pieces: the base ConfigDict every experiment starts from, and model size presets.
+
+Experiments (experiments/NAME.py) call `base_config()`, set what differs, and return it locked.
+Every field is commented with its unit; GATO_SPEC.md decisions marked [D] are defaults here.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# Sizes from GATO_SPEC.md ("Model"): layers, width, MLP, heads, head dim.
+MODEL_PRESETS = {
+    "gato_1_18b": dict(num_layers=24, d_model=2048, mlp_dim=8192, num_heads=16, head_dim=128),
+    "gato_364m": dict(num_layers=12, d_model=1536, mlp_dim=6144, num_heads=12, head_dim=128),
+    "gato_79m": dict(num_layers=8, d_model=768, mlp_dim=3072, num_heads=24, head_dim=32),
+    # CPU-sized default: trains on 2 cores in under an hour.
+    "cpu_small": dict(num_layers=4, d_model=256, mlp_dim=1024, num_heads=4, head_dim=64),
+    # Tests and smoke runs: compiles in seconds.
+    "tiny": dict(num_layers=2, d_model=64, mlp_dim=128, num_heads=2, head_dim=32),
+}
+
+
+def model_config(preset: str = "cpu_small") -> ml_collections.ConfigDict:
+    """Transformer hyper-parameters for a named preset."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"Unknown model preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}.")
+    m = ml_collections.ConfigDict()
+    m.preset = preset  # Name only, for reports.
+    m.num_layers = MODEL_PRESETS[preset]["num_layers"]  # Decoder blocks.
+    m.d_model = MODEL_PRESETS[preset]["d_model"]  # Residual width.
+    m.mlp_dim = MODEL_PRESETS[preset]["mlp_dim"]  # Hidden width of each MLP.
+    m.num_heads = MODEL_PRESETS[preset]["num_heads"]  # Attention heads.
+    m.head_dim = MODEL_PRESETS[preset]["head_dim"]  # Width of each head.
+    m.patch_size = 16  # Pixels per image patch side [P].
+    m.resnet_channels = 32  # Channels of the patch ResNet v2 block; GroupNorm needs a multiple of 32 [A].
+    m.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
+    m.param_dtype = "float32"  # Parameter storage dtype.
+    m.remat = False  # Rematerialise each block in the backward pass (saves activation memory).
+    m.dropout_rate = 0.0  # Dropout on residual branches; 0 disables.
+    return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every experiment; experiments override fields and lock the result."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds parameters, data order and dropout.
+    c.seq_len = 1024  # Tokens per training sequence (context window) [P].
+    c.batch_size = 512  # Global sequences per step, over all processes [P].
+    c.num_train_steps = 1_000_000  # Optimizer steps [P].
+    c.log_every = 10  # Steps between metrics.jsonl rows.
+    c.eval_every = 500  # Steps between held-out loss evaluations (0 disables).
+    c.eval_batches = 4  # Held-out batches per evaluation.
+    c.checkpoint_every = 1000  # Steps between checkpoints (one is always written at the end).
+    c.max_checkpoints_to_keep = 3  # Older checkpoints are deleted.
+
+    c.model = model_config("cpu_small")
+
+    c.vocab = ml_collections.ConfigDict()
+    c.vocab.text_size = 32000  # SentencePiece pieces; ids [0, text_size) [P].
+    c.vocab.num_continuous_bins = 1024  # mu-law bins over [-1, 1] [P].
+    c.vocab.num_discrete = 1024  # Discrete values 0..1023, after the bins [D].
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.peak_lr = 1e-4  # Peak learning rate (1e-4 for 1.18B) [A].
+    c.optimizer.init_lr = 1e-7  # Learning rate at step 0 of the warm-up [A].
+    c.optimizer.warmup_steps = 15_000  # Linear warm-up length in steps [A].
+    c.optimizer.decay_factor = 10.0  # Cosine decays the peak by this factor by the last step [A].
+    c.optimizer.b1 = 0.9  # AdamW beta1 [A].
+    c.optimizer.b2 = 0.95  # AdamW beta2 [A].
+    c.optimizer.eps = 1e-8  # AdamW epsilon [A].
+    c.optimizer.weight_decay = 0.1  # Decoupled weight decay on matrices [A].
+    c.optimizer.grad_clip = 1.0  # Global gradient-norm clip [D].
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # Data-parallel axis size; -1 takes the devices left over.
+    c.mesh.fsdp = 1  # Parameter-sharding (FSDP) axis size.
+    c.mesh.tensor = 1  # Tensor-parallel axis size (heads, MLP width).
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # "host:port"; empty = auto-detect (TPU, SLURM) or single process.
+    c.distributed.num_processes = 0  # 0 = auto-detect.
+    c.distributed.process_id = -1  # -1 = auto-detect.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""  # Dataset root; empty = $GATO_DATA_DIR, else ./data.
+    c.data.mixture = ml_collections.ConfigDict()  # Source name -> sampling weight (normalised).
+    c.data.episodes_per_task = 100  # Expert episodes generated per control task.
+    c.data.max_episode_steps = 1000  # Step cap when generating episodes.
+    c.data.frame_size = 80  # Atari frames: grayscale, resized to frame_size x frame_size [D].
+    c.data.prompt_prob = 0.25  # Fraction of control sequences prefixed by a demonstration prompt [P].
+    c.data.prompt_end_fraction = 0.5  # Of prompts, the fraction taken from an episode's end [P].
+    c.data.min_return_fraction = 0.8  # Keep episodes with return >= this fraction of the expert's [P].
+    c.data.text_vocab_size = 32000  # SentencePiece model size trained on the corpus (sets vocab.text_size).
+    c.data.num_workers = 0  # grain worker processes (0 = in the main process).
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.episodes = 50  # Rollouts per task [P].
+    c.eval.num_envs = 8  # Environments stepped in one batch.
+    c.eval.max_steps = 2000  # Episode step cap at evaluation.
+    c.eval.sticky_actions = 0.25  # ALE v5 repeat-action probability at evaluation.
+    c.eval.prompted = True  # Pin a demonstration prompt at the front of the context.
+    c.eval.temperature = 1.0  # Action sampling temperature.
+    c.eval.caption_examples = 200  # Held-out captions scored for exact match.
+    c.eval.text_batches = 8  # Held-out text batches for perplexity.
+    return c
