@@ -23,6 +23,7 @@ CORE = [
     "tqdm>=4.60",
     "tensorboardX>=2.6",
     "absl-py>=2.0",
+    "importlib_resources>=6.0",  # tensorflow-datasets 4.9.10 imports it without declaring it (tfds#11212).
 ]
 
 setuptools.setup(
