@@ -32,6 +32,7 @@ def model_config(preset: str = "cpu_small") -> ml_collections.ConfigDict:
     m.head_dim = MODEL_PRESETS[preset]["head_dim"]  # Width of each head.
     m.patch_size = 16  # Pixels per image patch side [P].
     m.resnet_channels = 32  # Channels of the patch ResNet v2 block; GroupNorm needs a multiple of 32 [A].
+    m.patch_stem_stride = 4  # Stride (= kernel) of the stem conv before the ResNet block [D].
     m.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
     m.param_dtype = "float32"  # Parameter storage dtype.
     m.remat = False  # Rematerialise each block in the backward pass (saves activation memory).
@@ -90,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prompt_end_fraction = 0.5  # Of prompts, the fraction taken from an episode's end [P].
     c.data.min_return_fraction = 0.8  # Keep episodes with return >= this fraction of the expert's [P].
     c.data.text_vocab_size = 32000  # SentencePiece model size trained on the corpus (sets vocab.text_size).
+    c.data.caption_train_examples = 4000  # Procedural scenes for training captions.
+    c.data.caption_test_examples = 400  # Held-out scenes (some colour-shape pairs never seen in training).
+    c.data.caption_image_size = 32  # Caption images are caption_image_size^2 RGB (a multiple of 16).
     c.data.num_workers = 0  # grain worker processes (0 = in the main process).
 
     c.eval = ml_collections.ConfigDict()

@@ -1,0 +1,65 @@
+"""Multi-head attention and the attention mask built from a TokenSequence.
+
+Array key: B = batch, T = query tokens, S = key tokens, D = d_model, H = heads, K = head_dim.
+
+The mask is data (built from segment ids here, from the cache in `cache.chunk_mask`), never hard-coded in
+the attention layer, so other masks (e.g. bidirectional within one observation) only need a new builder.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gato_jax.model.layers import ModelDims, fan_in_init, partitioned
+
+
+def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
+    """bool [B, T, T]: causal, within one segment, never onto padding (segment 0).
+
+    Every query also attends to itself, so padding rows softmax over one key instead of none (no NaN).
+    """
+    t = segment_ids_BxT.shape[1]
+    i_T = jnp.arange(t)
+    causal_TxT = i_T[None, :] <= i_T[:, None]
+    same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+    real_key_BxTxT = (segment_ids_BxT != 0)[:, None, :]
+    return (causal_TxT[None] & same_BxTxT & real_key_BxTxT) | jnp.eye(t, dtype=bool)[None]
+
+
+def dot_product_attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+                          mask_BxTxS: jax.Array) -> jax.Array:
+    """Softmax attention; scores and softmax in float32 whatever the compute dtype."""
+    scale = q_BxTxHxK.shape[-1] ** -0.5
+    scores_BxHxTxS = jnp.einsum(
+        "bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxK.dtype)
+    return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
+
+
+class Attention(nnx.Module):
+    """Projections to per-head queries, keys and values, attention, and the output projection."""
+
+    def __init__(self, dims: ModelDims, *, rngs: nnx.Rngs):
+        d, h, k = dims.d_model, dims.num_heads, dims.head_dim
+        in_init = partitioned(fan_in_init(0, (1, 2)), ("embed", "heads", "kv"))
+        out_init = partitioned(fan_in_init((0, 1), 2), ("heads", "kv", "embed"))
+        self.query = nnx.Einsum("btd,dhk->bthk", (d, h, k), kernel_init=in_init, rngs=rngs, **dims.dtypes())
+        self.key = nnx.Einsum("btd,dhk->bthk", (d, h, k), kernel_init=in_init, rngs=rngs, **dims.dtypes())
+        self.value = nnx.Einsum("btd,dhk->bthk", (d, h, k), kernel_init=in_init, rngs=rngs, **dims.dtypes())
+        self.out = nnx.Einsum("bthk,hkd->btd", (h, k, d), kernel_init=out_init, rngs=rngs, **dims.dtypes())
+
+    def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array,
+                 past: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Attends over `past` keys/values ([B, S-T, H, K] each, from a cache) followed by this chunk's.
+
+        Returns the output [B, T, D] and this chunk's keys and values (for the cache).
+        """
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self.query(x_BxTxD), self.key(x_BxTxD), self.value(x_BxTxD)
+        k_BxSxHxK, v_BxSxHxK = k_BxTxHxK, v_BxTxHxK
+        if past is not None:
+            k_BxSxHxK = jnp.concatenate([past[0], k_BxTxHxK], axis=1)
+            v_BxSxHxK = jnp.concatenate([past[1], v_BxTxHxK], axis=1)
+        y_BxTxHxK = dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS)
+        return self.out(y_BxTxHxK), (k_BxTxHxK, v_BxTxHxK)

@@ -1,0 +1,128 @@
+"""Key/value cache for incremental decoding, with a pinned prefix and a ring over the other slots.
+
+Array key: L = layers, B = batch, S = cache slots, H = heads, K = head_dim, t = tokens in a chunk.
+
+Slots [0, pinned) hold a prefix (e.g. a demonstration prompt) that is never overwritten; writes go into
+a ring over [pinned, S): the n-th token written (n = `index`) lands in slot
+    pinned + (n - pinned) mod (S - pinned),
+which is simply slot n until the cache is full. Every slot remembers the write number of the token in it
+(`pos`), so within one chunk a token still sees the ring slots that later tokens of the same chunk
+overwrite; chunked decoding therefore equals token-by-token decoding exactly. Because the model has no
+global position embedding (NoPE), the order of slots does not matter to attention.
+
+The batch shares `index` and `pos`; `valid` is per row, so padding written into a chunk (segment id 0,
+e.g. rows with shorter observations) takes a slot but is never attended to.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class KVCache(NamedTuple):
+    keys: jax.Array  # [L, B, S, H, K], compute dtype.
+    values: jax.Array  # [L, B, S, H, K], compute dtype.
+    valid: jax.Array  # bool [B, S]: slot holds a real (non-padding) token for this row.
+    pos: jax.Array  # int32 [S]: write number of the token in each slot; -1 when empty.
+    index: jax.Array  # int32 []: tokens written so far (the next token's write number).
+    pinned: jax.Array  # int32 []: slots [0, pinned) are fixed; the ring is [pinned, S).
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[2]
+
+
+def init_cache(num_layers: int, batch_size: int, size: int, num_heads: int, head_dim: int,
+               dtype=jnp.float32) -> KVCache:
+    """An empty cache of `size` slots."""
+    if size < 2:
+        raise ValueError(f"A KV cache needs at least 2 slots, got size={size}.")
+    shape = (num_layers, batch_size, size, num_heads, head_dim)
+    return KVCache(
+        keys=jnp.zeros(shape, dtype),
+        values=jnp.zeros(shape, dtype),
+        valid=jnp.zeros((batch_size, size), bool),
+        pos=jnp.full((size,), -1, jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+        pinned=jnp.zeros((), jnp.int32),
+    )
+
+
+def pin_prefix(cache: KVCache) -> KVCache:
+    """Marks every slot written so far as pinned; later writes wrap in a ring after them.
+
+    Call it before the cache has wrapped (index < size), e.g. right after encoding a prompt; at least one
+    slot is always left for the ring.
+    """
+    try:
+        written = int(cache.index)
+    except jax.errors.ConcretizationTypeError:  # Traced under jit: cannot check, clamp below.
+        written = 0
+    if written >= cache.size:
+        raise ValueError(
+            f"pin_prefix after {written} writes into a {cache.size}-slot cache: the prefix no longer "
+            "fits; use a larger cache or pin before the ring wraps.")
+    return cache._replace(pinned=jnp.minimum(cache.index, cache.size - 1).astype(jnp.int32))
+
+
+def reset_to_pinned(cache: KVCache, rows_B: jax.Array | None = None) -> KVCache:
+    """Forgets every unpinned token of the selected rows (all rows by default), keeping the prefix.
+
+    Lets a new episode reuse an encoded prompt without re-encoding it; `index` keeps counting, so rows
+    that were not reset continue undisturbed.
+    """
+    unpinned_S = jnp.arange(cache.size) >= cache.pinned
+    rows_B = jnp.ones(cache.valid.shape[:1], bool) if rows_B is None else rows_B
+    forget_BxS = rows_B[:, None] & unpinned_S[None, :]
+    return cache._replace(valid=cache.valid & ~forget_BxS)
+
+
+def ring_size(cache: KVCache) -> jax.Array:
+    return cache.size - cache.pinned
+
+
+def chunk_mask(cache: KVCache, segment_ids_Bxt: jax.Array) -> jax.Array:
+    """bool [B, t, S + t]: which cache slots and chunk tokens each new token attends to.
+
+    A cache slot is visible while it is valid for the row and not yet overwritten by an earlier token of
+    this chunk; chunk tokens attend causally to non-padding tokens still inside the ring window. Padding
+    queries attend only to themselves (no NaN rows), exactly as in the full forward pass.
+    """
+    t = segment_ids_Bxt.shape[1]
+    ring = ring_size(cache)
+    write_t = cache.index + jnp.arange(t, dtype=jnp.int32)
+    pinned_S = jnp.arange(cache.size) < cache.pinned
+    alive_txS = pinned_S[None, :] | (cache.pos[None, :] + ring > write_t[:, None])
+    real_Bxt = segment_ids_Bxt != 0
+    cached_BxtxS = cache.valid[:, None, :] & alive_txS[None] & real_Bxt[:, :, None]
+    i_t = jnp.arange(t)
+    causal_txt = (i_t[None, :] <= i_t[:, None]) & (i_t[:, None] - i_t[None, :] < ring)
+    chunk_Bxtxt = causal_txt[None] & real_Bxt[:, None, :] & real_Bxt[:, :, None]
+    chunk_Bxtxt = chunk_Bxtxt | jnp.eye(t, dtype=bool)[None]
+    return jnp.concatenate([cached_BxtxS, chunk_Bxtxt], axis=-1)
+
+
+def write_slots(cache: KVCache, t: int) -> jax.Array:
+    """int32 [t]: slot of each new token; S (dropped on write) for tokens the chunk itself overwrites."""
+    ring = ring_size(cache)
+    write_t = cache.index + jnp.arange(t, dtype=jnp.int32)
+    slot_t = cache.pinned + (write_t - cache.pinned) % ring
+    survives_t = jnp.arange(t) >= t - ring  # Duplicate slots in one scatter would be order-undefined.
+    return jnp.where(survives_t, slot_t, cache.size)
+
+
+def append(cache: KVCache, keys_LxBxtxHxK: jax.Array, values_LxBxtxHxK: jax.Array,
+           segment_ids_Bxt: jax.Array) -> KVCache:
+    """Writes a chunk's keys and values into their slots and advances `index`."""
+    t = segment_ids_Bxt.shape[1]
+    slot_t = write_slots(cache, t)
+    write_t = cache.index + jnp.arange(t, dtype=jnp.int32)
+    return cache._replace(
+        keys=cache.keys.at[:, :, slot_t].set(keys_LxBxtxHxK.astype(cache.keys.dtype), mode="drop"),
+        values=cache.values.at[:, :, slot_t].set(values_LxBxtxHxK.astype(cache.values.dtype), mode="drop"),
+        valid=cache.valid.at[:, slot_t].set(segment_ids_Bxt != 0, mode="drop"),
+        pos=cache.pos.at[slot_t].set(write_t, mode="drop"),
+        index=cache.index + t,
+    )

@@ -1,0 +1,143 @@
+"""Input embedding: one token table, a ResNet v2 block for image patches, and position tables.
+
+Array key: B = batch, T = tokens, D = d_model, P = patch pixels (patch_size**2 * 3), N = B*T patches,
+G = patch side after the stem (patch_size / stem stride), C = resnet_channels, V = vocabulary.
+
+Decisions:
+- [D] The token table is tied with the output logits (see `Gato.logits`); it is initialised with
+  stddev 1/sqrt(D) and scaled by sqrt(D) on input, so inputs have unit-scale components like the patch
+  embedding, while tied logits start with unit variance.
+- [D] Patch block: strided stem conv (kernel = stride = `patch_stem_stride`, default 4) to C channels, then
+  the pre-activation block GroupNorm(32) -> GELU -> conv3x3 -> GroupNorm(32) -> GELU -> conv3x3 plus the
+  stem as residual, flattened (G*G*C) and projected to D. The block runs at every position (fixed shapes)
+  and `jnp.where` keeps it only at IMAGE positions; the stem keeps that cheap.
+- Patch positions [A]: row and column tables of PATCH_POS_BUCKETS entries. Training samples an integer
+  uniformly in [lo, hi); evaluation uses the rounded mean (lo + hi) // 2 (clipped into [lo, hi)).
+- No global position embedding (NoPE) [D]: causal attention is the only order signal. A token's
+  embedding therefore never depends on its absolute index, which keeps the ring KV cache with a pinned
+  prompt exact (a token evicted from the ring leaves no trace in the others' positions).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gato_jax import sharding
+from gato_jax.model.layers import ModelDims, fan_in_init, partitioned
+from gato_jax.tokenizers.sequence import (
+    IMAGE_CHANNELS,
+    MAX_LOCAL_POSITIONS,
+    PATCH_POS_BUCKETS,
+    Modality,
+    TokenSequence,
+    normalize_patches,
+)
+
+GROUPS = 32  # GroupNorm groups in the patch block [P/A].
+
+
+def _conv(dims: ModelDims, c_in: int, c_out: int, kernel: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(
+        c_in, c_out, (kernel, kernel), (stride, stride), padding="VALID" if stride > 1 else "SAME",
+        kernel_init=partitioned(fan_in_init(), ("conv", "conv", "conv", "conv")),
+        bias_init=partitioned(nnx.initializers.zeros, ("conv",)), rngs=rngs, **dims.dtypes())
+
+
+def _group_norm(dims: ModelDims, channels: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    return nnx.GroupNorm(
+        channels, num_groups=GROUPS,
+        scale_init=partitioned(nnx.initializers.ones, ("conv",)),
+        bias_init=partitioned(nnx.initializers.zeros, ("conv",)), rngs=rngs, **dims.dtypes())
+
+
+class PatchResNet(nnx.Module):
+    """One pre-activation ResNet v2 block that turns a uint8 patch into a D-wide embedding."""
+
+    def __init__(self, dims: ModelDims, *, rngs: nnx.Rngs):
+        c, s = dims.resnet_channels, dims.patch_stem_stride
+        self.patch_size = dims.patch_size
+        self.grid = dims.patch_size // s
+        self.stem = _conv(dims, IMAGE_CHANNELS, c, s, s, rngs=rngs)
+        self.norm1 = _group_norm(dims, c, rngs=rngs)
+        self.conv1 = _conv(dims, c, c, 3, 1, rngs=rngs)
+        self.norm2 = _group_norm(dims, c, rngs=rngs)
+        self.conv2 = _conv(dims, c, c, 3, 1, rngs=rngs)
+        self.proj = nnx.Linear(
+            self.grid * self.grid * c, dims.d_model,
+            kernel_init=partitioned(fan_in_init(), ("patch_flat", "embed")),
+            bias_init=partitioned(nnx.initializers.zeros, ("embed",)), rngs=rngs, **dims.dtypes())
+
+    def __call__(self, patches_BxTxP: jax.Array) -> jax.Array:
+        b, t, _ = patches_BxTxP.shape
+        p = self.patch_size
+        x_NxPxPx3 = normalize_patches(patches_BxTxP, p).reshape(b * t, p, p, IMAGE_CHANNELS)
+        h_NxGxGxC = self.stem(x_NxPxPx3)
+        r_NxGxGxC = self.conv1(jax.nn.gelu(self.norm1(h_NxGxGxC), approximate=True))
+        r_NxGxGxC = self.conv2(jax.nn.gelu(self.norm2(r_NxGxGxC), approximate=True))
+        h_NxGxGxC = h_NxGxGxC + r_NxGxGxC
+        return self.proj(h_NxGxGxC.reshape(b, t, -1))
+
+
+def _table(dims: ModelDims, entries: int, *, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(
+        entries, dims.d_model,
+        embedding_init=partitioned(nnx.initializers.normal(0.02), ("table", "embed")), rngs=rngs, **dims.dtypes())
+
+
+def lookup(table: nnx.Embed, ids: jax.Array, row_axis: str = "table") -> jax.Array:
+    """Rows of `table` for integer `ids`, in the compute dtype.
+
+    The table is gathered over its width (FSDP) before the lookup: left sharded on 'embed' while the
+    ids are sharded over (data, fsdp), the gather needs a full rematerialisation (XLA warns).
+    """
+    table_NxD = sharding.constrain(table.embedding[...], (row_axis, None))
+    return jnp.take(table_NxD.astype(table.dtype or table_NxD.dtype), ids, axis=0)
+
+
+def patch_position_index(lo: jax.Array, hi: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Table index inside [lo, hi): uniform sample when `key` is given (training), else rounded mean."""
+    top = jnp.maximum(hi, lo + 1)  # Non-image positions carry (0, 0); keep their range non-empty.
+    if key is None:
+        index = jnp.clip((lo + hi) // 2, lo, top - 1)
+    else:
+        index = jax.random.randint(key, lo.shape, lo, top)
+    return jnp.clip(index, 0, PATCH_POS_BUCKETS - 1)
+
+
+class Embedder(nnx.Module):
+    """TokenSequence -> x_BxTxD: token or patch embedding by modality, plus position embeddings."""
+
+    def __init__(self, dims: ModelDims, vocab_size: int, *, rngs: nnx.Rngs):
+        self.scale = math.sqrt(dims.d_model)
+        self.token = nnx.Embed(
+            vocab_size, dims.d_model,
+            embedding_init=partitioned(nnx.initializers.normal(1.0 / self.scale), ("vocab", "embed")),
+            rngs=rngs, **dims.dtypes())
+        self.patch = PatchResNet(dims, rngs=rngs)
+        self.local_pos = _table(dims, MAX_LOCAL_POSITIONS + 1, rngs=rngs)
+        self.patch_row = _table(dims, PATCH_POS_BUCKETS, rngs=rngs)
+        self.patch_col = _table(dims, PATCH_POS_BUCKETS, rngs=rngs)
+
+    def __call__(self, seq: TokenSequence, *, key: jax.Array | None = None) -> jax.Array:
+        """`key` samples patch positions (training); None uses interval means (evaluation)."""
+        token_BxTxD = lookup(self.token, seq.tokens, "vocab") * jnp.asarray(self.scale, self.token.dtype)
+        image_BxTxD = self.patch(seq.patches) + self._patch_positions(seq.patch_pos, key)
+        is_image_BxTx1 = (seq.modality == Modality.IMAGE)[..., None]
+        x_BxTxD = jnp.where(is_image_BxTx1, image_BxTxD, token_BxTxD)
+        local_BxT = seq.local_pos
+        local_BxTxD = lookup(self.local_pos, jnp.clip(local_BxT, 0, MAX_LOCAL_POSITIONS))
+        return x_BxTxD + jnp.where((local_BxT >= 0)[..., None], local_BxTxD, jnp.zeros_like(local_BxTxD))
+
+    def _patch_positions(self, patch_pos_BxTx4: jax.Array, key: jax.Array | None) -> jax.Array:
+        row_key, col_key = (None, None) if key is None else jax.random.split(key)
+        row_BxT = patch_position_index(patch_pos_BxTx4[..., 0], patch_pos_BxTx4[..., 1], row_key)
+        col_BxT = patch_position_index(patch_pos_BxTx4[..., 2], patch_pos_BxTx4[..., 3], col_key)
+        return lookup(self.patch_row, row_BxT) + lookup(self.patch_col, col_BxT)
+
+    def attend(self, x_BxTxD: jax.Array) -> jax.Array:
+        """Tied output projection: float32 logits [B, T, V] (accumulated in float32 for bf16 compute)."""
+        table_VxD = self.token.embedding[...].astype(x_BxTxD.dtype)
+        return jnp.einsum("btd,vd->btv", x_BxTxD, table_VxD, preferred_element_type=jnp.float32)

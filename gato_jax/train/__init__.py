@@ -1,0 +1,1 @@
+"""Training: masked next-token loss, optax optimizer, sharded jit step, orbax checkpoints, the loop."""

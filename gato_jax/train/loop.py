@@ -1,0 +1,210 @@
+"""The training loop: resume, dispatch steps ahead of reading metrics, log, evaluate, checkpoint.
+
+`train_and_evaluate(config, workdir)` is the whole of training; `gato_jax.main` only parses flags.
+A run always resumes from the latest complete checkpoint in its workdir, with the data iterator at
+exactly the batch it would have read next. SIGTERM saves and exits cleanly; a non-finite loss stops
+the run with an error and leaves the last good checkpoint untouched.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from gato_jax import sharding as sharding_lib
+from gato_jax.model import flops_per_token
+from gato_jax.tokenizers.sequence import TokenSequence
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train import distributed
+from gato_jax.train import state as state_lib
+from gato_jax.train.checkpoint import CheckpointError, Checkpointer
+from gato_jax.train.data import TrainData
+from gato_jax.train.flops import matmul_peak_for_mesh
+from gato_jax.train.loss import reduce_metrics
+from gato_jax.train.metrics_writer import MetricsWriter
+from gato_jax.train.optim import make_schedule
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced NaN or inf; the last good checkpoint is kept."""
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT so the loop can save at a step boundary and exit."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        try:
+            signal.signal(signal.SIGTERM, self._set)
+        except ValueError:  # Not the main thread (e.g. some test runners): no handler, no harm.
+            pass
+
+    def _set(self, signum, frame):
+        logging.warning("Signal %d: saving a checkpoint and stopping.", signum)
+        self.requested = True
+
+
+def to_global(batch: TokenSequence, batch_sharding) -> TokenSequence:
+    """Process-local numpy rows -> one global jax.Array per field, sharded over (data, fsdp)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
+
+
+def checkpoint_meta(config: ml_collections.ConfigDict, data: TrainData) -> dict:
+    return {"layout": data.layout.to_json(), "config": config.to_json(), **data.meta}
+
+
+def _check_layout(meta: dict, layout: VocabLayout, directory: str) -> None:
+    saved = VocabLayout.from_json(meta["layout"])
+    if saved != layout:
+        raise CheckpointError(
+            f"Checkpoint in {directory} uses vocabulary {saved}, but this run's data uses {layout}; "
+            "use a fresh --workdir or the data the checkpoint was trained on.")
+
+
+def restore_or_init(config, data: TrainData, workdir: str, mesh):
+    """Builds step functions and state, then overwrites the state from the latest checkpoint if any."""
+    fns, state = state_lib.build(config, data.layout.padded_size, mesh)
+    checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
+    if checkpointer.latest_step() is not None:
+        _check_layout(checkpointer.restore_meta(), data.layout, checkpointer.directory)
+        state, data_state, _ = checkpointer.restore(state_lib.abstract_state(fns, state))
+        data.train_iter.set_state(data_state)
+        logging.info("Resumed from step %d in %s", int(state.step), checkpointer.directory)
+    return fns, state, checkpointer
+
+
+def _evaluate(fns, state, eval_batches: list[TokenSequence]) -> dict[str, float]:
+    totals: dict[str, list[float]] = {}
+    for batch in eval_batches:
+        for name, (total, count) in fns.eval_step(state, to_global(batch, fns.batch_sharding)).items():
+            acc = totals.setdefault(name, [0.0, 0.0])
+            acc[0] += float(total)
+            acc[1] += float(count)
+    return {f"eval_{k}": v for k, v in reduce_metrics({k: tuple(v) for k, v in totals.items()}).items()}
+
+
+class _Throughput:
+    """Tokens/s and MFU over the steps since the last log."""
+
+    def __init__(self, config, vocab_size: int):
+        self.tokens_per_step = config.batch_size * config.seq_len
+        self.flops_per_token = flops_per_token(config.model, config.seq_len, vocab_size)
+        self.peak = None
+        self.last_time, self.last_step = time.perf_counter(), None
+
+    def measure(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        if self.last_step is None:
+            self.last_time, self.last_step = now, step
+            return {}
+        tokens_per_s = (step - self.last_step) * self.tokens_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        if self.peak is None:
+            self.peak = matmul_peak_for_mesh()
+        return {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / self.peak}
+
+
+def _check_finite(step: int, metrics: dict[str, float], checkpointer: Checkpointer) -> None:
+    loss = metrics.get("loss", 0.0)
+    if not np.isfinite(loss) or not np.isfinite(metrics.get("grad_norm", 0.0)):
+        raise NonFiniteLossError(
+            f"Loss became {loss} at step {step}; the last good checkpoint (step "
+            f"{checkpointer.latest_step()}) is kept in {checkpointer.directory}. Lower "
+            "config.optimizer.peak_lr or check the data, then rerun to resume.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: TrainData | None = None,
+                       stop_after: int | None = None) -> list[dict]:
+    """Trains to config.num_train_steps, resuming from workdir; returns the logged metric rows.
+
+    `stop_after` ends this run early at that step with a checkpoint, as a preemption would, leaving the
+    schedule untouched (tests of exact resumption use it).
+    """
+    distributed.maybe_initialize(config.distributed)
+    if data is None:
+        from data_pipelines import stream  # The real pipeline; tests pass synthetic data instead.
+
+        data = stream.build_train_data(config, jax.process_index(), jax.process_count())
+    mesh = sharding_lib.make_mesh(config.mesh)
+    fns, state, checkpointer = restore_or_init(config, data, workdir, mesh)
+    return _run(config, workdir, data, fns, state, checkpointer, stop_after or config.num_train_steps)
+
+
+class _StepReporter:
+    """Reads finished steps' metrics: checks them, advances the bar, logs and evaluates on schedule."""
+
+    def __init__(self, config, workdir: str, data: TrainData, fns, checkpointer: Checkpointer):
+        self.config, self.fns, self.checkpointer = config, fns, checkpointer
+        self.writer = MetricsWriter(workdir)
+        self.throughput = _Throughput(config, data.layout.padded_size)
+        self.schedule = make_schedule(config.optimizer, config.num_train_steps)
+        self.eval_batches = data.eval_batches() if config.eval_every else []
+        self.bar = tqdm.tqdm(total=config.num_train_steps, disable=jax.process_index() != 0,
+                             desc="train", unit="step", dynamic_ncols=True)
+        self.rows: list[dict] = []
+
+    def is_eval_step(self, step: int) -> bool:
+        every = self.config.eval_every
+        return bool(every) and (step % every == 0 or step == self.config.num_train_steps)
+
+    def report(self, step: int, metrics: dict, state=None) -> None:
+        """Blocks on `metrics`; `state` (not yet donated) is needed only on evaluation steps."""
+        logged = reduce_metrics(jax.device_get(metrics))
+        _check_finite(step, logged, self.checkpointer)
+        self.bar.n = step
+        self.bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.3f}", refresh=False)
+        self.bar.update(0)
+        if step % self.config.log_every and step != self.config.num_train_steps:
+            return
+        logged.update(self.throughput.measure(step))
+        logged["learning_rate"] = float(self.schedule(step))
+        if state is not None and self.is_eval_step(step):
+            logged.update(_evaluate(self.fns, state, self.eval_batches))
+        self.writer.write(step, logged)
+        self.rows.append({"step": step, **logged})
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+
+
+def _run(config, workdir, data: TrainData, fns, state, checkpointer: Checkpointer, last_step: int) -> list[dict]:
+    """Step n+1 is dispatched before step n's metrics are read, so the host never idles the devices.
+
+    Steps that evaluate or checkpoint are read synchronously, before the next dispatch donates the
+    state they need.
+    """
+    stop = _StopFlag()
+    stop.install()
+    reporter = _StepReporter(config, workdir, data, fns, checkpointer)
+    meta = checkpoint_meta(config, data)
+    pending = None
+    try:
+        for step in range(int(state.step), min(last_step, config.num_train_steps)):
+            batch = to_global(next(data.train_iter), fns.batch_sharding)
+            data_state = data.train_iter.get_state()
+            state, metrics = fns.train_step(state, batch)
+            if pending is not None:
+                reporter.report(*pending)
+            pending = (step + 1, metrics)
+            must_save = (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.num_train_steps, last_step)
+            if must_save or stop.requested or reporter.is_eval_step(step + 1):
+                reporter.report(step + 1, metrics, state)
+                pending = None
+            if must_save or stop.requested:
+                checkpointer.save(step + 1, state, data_state, meta)
+            if stop.requested:
+                logging.warning("Stopped by signal after step %d; rerun to resume.", step + 1)
+                break
+        if pending is not None:
+            reporter.report(*pending)
+    finally:
+        reporter.close()
+    return reporter.rows

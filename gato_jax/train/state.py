@@ -1,0 +1,174 @@
+"""Train state and the jitted, sharded train and eval steps.
+
+The model is split once into a graph definition (static), its parameters (trained) and any other
+variables (kept as they are). A step is then a pure function of (TrainState, batch): parameters and
+optimizer moments keep the shardings they were created with, and the old state is donated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gato_jax import sharding as sharding_lib
+from gato_jax.model import Gato
+from gato_jax.tokenizers.sequence import TokenSequence, patch_dim_for
+from gato_jax.train.loss import next_token_loss
+from gato_jax.train.optim import make_optimizer
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: optimizer steps taken.
+    params: Any  # nnx.State of nnx.Param variables.
+    opt_state: optax.OptState
+    rng: jax.Array  # uint32 [2]: base key; each step folds in its step number.
+
+
+@dataclasses.dataclass
+class StepFunctions:
+    """Everything needed to run, save and restore training on one mesh."""
+
+    graphdef: Any
+    rest: Any  # Non-parameter model variables, constant during training.
+    tx: optax.GradientTransformation
+    mesh: Mesh
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    train_step: Callable[[TrainState, TokenSequence], tuple[TrainState, dict]]
+    eval_step: Callable[[TrainState, TokenSequence], dict]
+
+    def model(self, state: TrainState) -> Gato:
+        """A Gato module bound to the state's parameters (for sampling and acting)."""
+        return nnx.merge(self.graphdef, state.params, self.rest)
+
+
+def _opt_state_shardings(tx, abstract_opt_state, params_shardings, mesh: Mesh):
+    """Optimizer moments follow their parameters' shardings; scalars (counts) are replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt_state, params_shardings,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, nnx.VariableState) if hasattr(nnx, "VariableState") else False,
+    )
+
+
+def _loss_fn(graphdef, rest, params, batch: TokenSequence, rng: jax.Array, deterministic: bool):
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(batch, deterministic=deterministic, rngs=nnx.Rngs(rng))
+    return next_token_loss(logits, batch)
+
+
+def _make_train_step(graphdef, rest, tx):
+    def train_step(state: TrainState, batch: TokenSequence) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(
+            lambda p: _loss_fn(graphdef, rest, p, batch, step_rng, deterministic=False), has_aux=True)
+        (_, metrics), grads = grad_fn(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = (optax.global_norm(grads), jnp.float32(1.0))
+        return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+    return train_step
+
+
+def _make_eval_step(graphdef, rest):
+    def eval_step(state: TrainState, batch: TokenSequence) -> dict:
+        _, metrics = _loss_fn(graphdef, rest, state.params, batch, state.rng, deterministic=True)
+        return metrics
+
+    return eval_step
+
+
+def _jit_steps(graphdef, rest, tx, state_shardings: TrainState, batch_sharding: NamedSharding):
+    train_step = jax.jit(
+        _make_train_step(graphdef, rest, tx),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(_make_eval_step(graphdef, rest), in_shardings=(state_shardings, batch_sharding))
+    return train_step, eval_step
+
+
+def _state_shardings(tx, params, mesh: Mesh) -> TrainState:
+    """Parameters keep their own shardings; moments follow them; step and RNG are replicated."""
+    params_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = _opt_state_shardings(tx, jax.eval_shape(tx.init, params), params_shardings, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(replicated, params_shardings, opt_shardings, replicated)
+
+
+_STEP_CACHE: dict = {}
+
+
+def _cached_steps(config, vocab_size: int, mesh: Mesh, graphdef, rest, shardings: TrainState):
+    """Reuses jitted steps for an identical model, optimizer and mesh, so a resumed run (or the next
+    test) in the same process compiles nothing again."""
+    key = (config.model.to_json(), config.optimizer.to_json(), config.num_train_steps, vocab_size, mesh)
+    if key not in _STEP_CACHE or jax.tree.leaves(rest):
+        tx = make_optimizer(config.optimizer, config.num_train_steps)
+        batch_sharding = sharding_lib.batch_sharding(mesh)
+        _STEP_CACHE[key] = (tx, batch_sharding, *_jit_steps(graphdef, rest, tx, shardings, batch_sharding))
+    return _STEP_CACHE[key]
+
+
+def build(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> tuple[StepFunctions, TrainState]:
+    """Creates sharded parameters and optimizer state, and the (lazily compiled) step functions."""
+    model = sharding_lib.create_sharded_model(config.model, vocab_size, mesh, config.seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(config.optimizer, config.num_train_steps)
+    shardings = _state_shardings(tx, params, mesh)
+    tx, batch_sharding, train_step, eval_step = _cached_steps(config, vocab_size, mesh, graphdef, rest, shardings)
+    with jax.set_mesh(mesh):
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), shardings.rng),
+    )
+    fns = StepFunctions(graphdef, rest, tx, mesh, shardings, batch_sharding, train_step, eval_step)
+    return fns, state
+
+
+def abstract_state(fns: StepFunctions, state: TrainState) -> TrainState:
+    """Shape/dtype/sharding placeholders for restoring a checkpoint onto this mesh."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, fns.state_shardings)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh):
+    """Lowers and compiles the sharded train step from shapes alone (no parameter is allocated)."""
+    abstract_model = nnx.eval_shape(lambda: Gato(config.model, vocab_size, rngs=nnx.Rngs(config.seed)))
+    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    params_shardings = sharding_lib.param_shardings(params, mesh)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, params_shardings)
+    tx = make_optimizer(config.optimizer, config.num_train_steps)
+    shardings = _state_shardings(tx, params, mesh)
+    abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params,
+                          jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((2,), jnp.uint32))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    batch = abstract_batch(config.batch_size, config.seq_len, config.model.patch_size)
+    train_step, _ = _jit_steps(graphdef, rest, tx, shardings, sharding_lib.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        compiled = train_step.lower(abstract, batch).compile()
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return compiled, n_params
+
+
+def abstract_batch(batch_size: int, seq_len: int, patch_size: int) -> TokenSequence:
+    """Shapes and dtypes of one global TokenSequence batch."""
+    b, t, p = batch_size, seq_len, patch_dim_for(patch_size)
+    return TokenSequence(
+        tokens=jax.ShapeDtypeStruct((b, t), jnp.int32), modality=jax.ShapeDtypeStruct((b, t), jnp.int32),
+        local_pos=jax.ShapeDtypeStruct((b, t), jnp.int32), patches=jax.ShapeDtypeStruct((b, t, p), jnp.uint8),
+        patch_pos=jax.ShapeDtypeStruct((b, t, 4), jnp.int32), loss_mask=jax.ShapeDtypeStruct((b, t), jnp.bool_),
+        segment_ids=jax.ShapeDtypeStruct((b, t), jnp.int32))

@@ -1,0 +1,248 @@
+"""Model: full forward == cached decode (token by token, chunks, ring), causality, segments, sizes, dtypes.
+
+Array key: B = batch, T = tokens, V = vocabulary.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gato_jax import configs
+from gato_jax.model import (
+    Gato,
+    abstract_model,
+    count_params,
+    flops_per_token,
+    pin_prefix,
+    reset_to_pinned,
+)
+from gato_jax.tokenizers import sequence as seq_lib
+from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence
+from gato_jax.tokenizers.vocab import VocabLayout
+
+LAYOUT = VocabLayout(text_size=100)
+B, T = 2, 32
+PATCH_DIM = seq_lib.patch_dim_for(16)
+
+
+def make_batch(segments_BxT: np.ndarray, seed: int = 0) -> TokenSequence:
+    """Random tokens of every modality (a third image patches) with the given segment ids (0 = pad)."""
+    rng = np.random.default_rng(seed)
+    shape = segments_BxT.shape
+    kinds = np.array([Modality.TEXT, Modality.IMAGE, Modality.IMAGE, Modality.DISCRETE,
+                      Modality.CONTINUOUS, Modality.SEPARATOR])
+    modality = kinds[rng.integers(0, len(kinds), shape)]
+    modality = np.where(segments_BxT == 0, Modality.PAD, modality).astype(np.int32)
+    is_image = modality == Modality.IMAGE
+    tokens = rng.integers(0, LAYOUT.total_size, shape)
+    tokens = np.where(is_image, LAYOUT.special_id("<image>"), tokens)
+    lo = rng.integers(0, 120, shape + (2,))
+    hi = lo + rng.integers(1, 8, shape + (2,))
+    patch_pos = np.stack([lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1]], axis=-1) * is_image[..., None]
+    local_pos = rng.choice(np.array([-1, 0, 3, 17, ACTION_LOCAL_POS]), shape)
+    patches = rng.integers(0, 256, shape + (PATCH_DIM,)) * is_image[..., None]
+    return TokenSequence(
+        tokens=np.where(segments_BxT == 0, 0, tokens).astype(np.int32),
+        modality=modality,
+        local_pos=np.where(segments_BxT == 0, -1, local_pos).astype(np.int32),
+        patches=patches.astype(np.uint8),
+        patch_pos=patch_pos.astype(np.int32),
+        loss_mask=segments_BxT != 0,
+        segment_ids=segments_BxT.astype(np.int32),
+    )
+
+
+def one_segment_with_gaps() -> np.ndarray:
+    """Row 0 one full segment; row 1 one segment with padding gaps (shorter observations)."""
+    seg = np.ones((B, T), np.int32)
+    seg[1, [5, 6, 19, 31]] = 0
+    return seg
+
+
+def take(seq: TokenSequence, idx) -> TokenSequence:
+    return TokenSequence(*(f[:, idx] for f in seq))
+
+
+class Fns:
+    """Model split once; jitted pure functions shared by the tests (compiled once per shape)."""
+
+    def __init__(self, model_config):
+        self.model = Gato(model_config, LAYOUT.padded_size, rngs=nnx.Rngs(0))
+        self.graphdef, self.state = nnx.split(self.model)
+        self.decode_traces = 0
+        self.forward = jax.jit(lambda state, seq: nnx.merge(self.graphdef, state)(seq))
+        self.forward_masked = jax.jit(lambda state, seq, mask: nnx.merge(self.graphdef, state)(seq, mask=mask))
+        self.decode = jax.jit(self._decode)
+
+    def _decode(self, state, seq, cache):
+        self.decode_traces += 1
+        return nnx.merge(self.graphdef, state).decode(seq, cache)
+
+    def decode_in_chunks(self, seq: TokenSequence, cache, chunk: int):
+        logits = []
+        for start in range(0, seq.tokens.shape[1], chunk):
+            out, cache = self.decode(self.state, take(seq, slice(start, start + chunk)), cache)
+            logits.append(out)
+        return np.concatenate(logits, axis=1), cache
+
+
+@functools.cache
+def tiny_fns() -> Fns:
+    """One tiny model per test process (sharding_test reuses it): creating one costs seconds of compiles."""
+    return Fns(configs.model_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def fns():
+    return tiny_fns()
+
+
+@pytest.fixture(scope="module")
+def gapped():
+    return make_batch(one_segment_with_gaps(), seed=1)
+
+
+@pytest.fixture(scope="module")
+def full_logits(fns, gapped):
+    return np.asarray(fns.forward(fns.state, gapped))
+
+
+@pytest.mark.parametrize("chunk", [1, 8])
+def test_decode_matches_full_forward(fns, gapped, full_logits, chunk):
+    logits_BxTxV, cache = fns.decode_in_chunks(gapped, fns.model.init_cache(B, T), chunk)
+    assert logits_BxTxV.shape == (B, T, LAYOUT.padded_size) and logits_BxTxV.dtype == np.float32
+    np.testing.assert_allclose(logits_BxTxV, full_logits, atol=1e-5, rtol=1e-5)
+    assert int(cache.index) == T
+    np.testing.assert_array_equal(np.asarray(cache.valid), gapped.segment_ids != 0)
+
+
+def test_decode_compiles_once_per_chunk_size(fns, gapped):
+    fns.decode_in_chunks(gapped, fns.model.init_cache(B, T), 8)
+    before = fns.decode_traces
+    fns.decode_in_chunks(make_batch(one_segment_with_gaps(), seed=5), fns.model.init_cache(B, T), 8)
+    assert fns.decode_traces == before
+
+
+def window_mask(segment_ids_BxT: np.ndarray, prefix: int, ring: int) -> np.ndarray:
+    """What a ring cache lets query q see: causal segment mask, keys in the prefix or < ring back."""
+    q, k = np.arange(T)[:, None], np.arange(T)[None, :]
+    same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+    real = (segment_ids_BxT != 0)[:, None, :]
+    return ((k <= q) & ((k < prefix) | (q - k < ring)) & same & real) | np.eye(T, dtype=bool)
+
+
+@pytest.mark.parametrize("ring", [10, 3])  # 3: a chunk of 4 overwrites its own first token.
+def test_ring_cache_with_pinned_prefix_matches_window_forward(fns, gapped, ring):
+    """Decoding through a ring equals a full forward whose every query sees the pinned prefix and the
+    last `ring` tokens. (A plain forward over [prefix + last window] differs past the first layer: the
+    cached keys were computed when older tokens were still visible, as in any sliding-window cache.)"""
+    prefix, chunk = 8, 4
+    cache = fns.model.init_cache(B, prefix + ring)
+    prompt_logits, cache = fns.decode_in_chunks(take(gapped, slice(0, prefix)), cache, chunk)
+    cache = pin_prefix(cache)
+    episode_logits, cache = fns.decode_in_chunks(take(gapped, slice(prefix, T)), cache, chunk)  # Wraps twice.
+    assert int(cache.pinned) == prefix and int(cache.index) == T
+    expected = fns.forward_masked(fns.state, gapped, window_mask(gapped.segment_ids, prefix, ring))
+    logits = np.concatenate([prompt_logits, episode_logits], axis=1)
+    np.testing.assert_allclose(logits, np.asarray(expected), atol=1e-5, rtol=1e-5)
+    assert np.abs(logits - np.asarray(fns.forward(fns.state, gapped))).max() > 1e-3  # The ring did evict.
+
+
+def test_reset_to_pinned_forgets_the_episode(fns, gapped):
+    prefix = 8
+    cache = fns.model.init_cache(B, T)
+    _, cache = fns.decode_in_chunks(take(gapped, slice(0, prefix)), cache, 8)
+    cache = pin_prefix(cache)
+    _, dirty = fns.decode_in_chunks(take(make_batch(np.ones((B, 8), np.int32), seed=9), slice(0, 8)), cache, 8)
+    clean_logits, _ = fns.decode_in_chunks(take(gapped, slice(prefix, prefix + 8)), cache, 8)
+    reset_logits, _ = fns.decode_in_chunks(take(gapped, slice(prefix, prefix + 8)), reset_to_pinned(dirty), 8)
+    np.testing.assert_allclose(reset_logits, clean_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_pin_prefix_refuses_a_wrapped_cache(fns):
+    cache = fns.model.init_cache(B, 16)
+    assert int(pin_prefix(cache._replace(index=jnp.int32(15))).pinned) == 15
+    with pytest.raises(ValueError, match="pin_prefix"):
+        pin_prefix(cache._replace(index=jnp.int32(16)))
+
+
+def test_causal_future_tokens_do_not_change_the_past(fns, gapped, full_logits):
+    changed = gapped._replace(tokens=gapped.tokens.copy(), patches=gapped.patches.copy(),
+                              modality=gapped.modality.copy())
+    changed.tokens[:, 20:] = (changed.tokens[:, 20:] + 7) % LAYOUT.total_size
+    changed.modality[:, 20] = Modality.IMAGE
+    changed.patches[:, 20] = 255 - changed.patches[:, 20]
+    logits = np.asarray(fns.forward(fns.state, changed))
+    np.testing.assert_array_equal(logits[:, :20], full_logits[:, :20])
+    assert np.abs(logits[0, 20] - full_logits[0, 20]).max() > 1e-3
+
+
+def test_packed_segments_do_not_see_each_other(fns):
+    seg = np.zeros((B, T), np.int32)
+    seg[:, :16], seg[:, 16:28] = 1, 2
+    packed = make_batch(seg, seed=2)
+    alone = TokenSequence(*(np.concatenate([f[:, 16:], np.zeros_like(f[:, :16])], axis=1) for f in packed))
+    alone = alone._replace(segment_ids=np.where(alone.segment_ids == 2, 1, 0).astype(np.int32))
+    packed_logits = np.asarray(fns.forward(fns.state, packed))
+    alone_logits = np.asarray(fns.forward(fns.state, alone))
+    np.testing.assert_allclose(packed_logits[:, 16:28], alone_logits[:, :12], atol=1e-5, rtol=1e-5)
+    assert np.isfinite(packed_logits).all()  # Padding rows attend to themselves: no NaN.
+
+
+@pytest.mark.parametrize("preset, paper", [("gato_79m", 79e6), ("gato_364m", 364e6), ("gato_1_18b", 1.18e9)])
+def test_parameter_counts_match_the_paper(preset, paper):
+    n = count_params(configs.model_config(preset), VocabLayout().padded_size)
+    assert abs(n - paper) / paper < 0.10, n
+
+
+def test_flops_per_token_formula():
+    cfg = configs.model_config("gato_79m")
+    v, d = 34176, 768
+    n = 8 * (4 * d * 768 + 2 * d * 3072) + v * d
+    assert flops_per_token(cfg, 1024, v) == 6 * n + 12 * 8 * 768 * 1024
+
+
+def test_training_mode_samples_patch_positions(fns, gapped):
+    train = jax.jit(lambda state, seq, key: nnx.merge(fns.graphdef, state)(seq, deterministic=False, rngs=key))
+    a = np.asarray(train(fns.state, gapped, jax.random.key(0)))
+    b = np.asarray(train(fns.state, gapped, jax.random.key(1)))
+    assert np.isfinite(a).all()
+    image = gapped.modality == Modality.IMAGE
+    first_image = int(np.argmax(image[0]))
+    np.testing.assert_allclose(a[0, :first_image], b[0, :first_image], atol=1e-6)  # Nothing random before.
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_bfloat16_and_remat_run_and_match_float32(fns, gapped, full_logits):
+    cfg = configs.model_config("tiny")
+    cfg.dtype, cfg.remat = "bfloat16", True
+    graphdef, _ = abstract_model(cfg, LAYOUT.padded_size)
+    state = fns.state  # Parameters stay float32: the same values serve every compute dtype.
+    model = nnx.merge(graphdef, state)
+    logits = np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, gapped))
+    assert logits.dtype == np.float32 and np.isfinite(logits).all()
+    np.testing.assert_allclose(logits, full_logits, atol=0.15 * np.abs(full_logits).max())
+    cache = model.init_cache(B, T)
+    assert cache.keys.dtype == jnp.bfloat16
+    step, _ = jax.jit(lambda s, x, c: nnx.merge(graphdef, s).decode(x, c))(state, take(gapped, slice(0, 8)), cache)
+    np.testing.assert_allclose(np.asarray(step), full_logits[:, :8], atol=0.15 * np.abs(full_logits).max())
+
+
+@pytest.mark.slow
+def test_remat_gradients_equal_plain_gradients(fns, gapped):
+    cfg = configs.model_config("tiny")
+    cfg.remat = True
+    graphdef, _ = abstract_model(cfg, LAYOUT.padded_size)
+    state = fns.state
+
+    def grads(gdef, params):
+        loss = lambda p: jnp.mean(nnx.merge(gdef, p)(gapped) ** 2)
+        return jax.jit(jax.grad(loss))(params)
+
+    for a, b in zip(jax.tree.leaves(grads(graphdef, state)), jax.tree.leaves(grads(fns.graphdef, fns.state))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)

@@ -1,0 +1,139 @@
+"""Training: schedule, loss, learning, exact resume, sharded equivalence, restore on another mesh, NaN stop."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gato_jax import configs
+from gato_jax import sharding as sharding_lib
+from gato_jax.tokenizers.sequence import Modality, TokenSequence
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train import loop, optim
+from gato_jax.train import state as state_lib
+from gato_jax.train.checkpoint import Checkpointer
+from gato_jax.train.data import SyntheticIterator, synthetic_data
+from gato_jax.train.loss import next_token_loss
+from gato_jax.train.metrics_writer import read_metrics
+
+LAYOUT = VocabLayout(text_size=64, num_continuous_bins=32, num_discrete=32)
+
+
+def tiny_config(**overrides):
+    c = configs.base_config()
+    c.model = configs.model_config("tiny")
+    c.seq_len, c.batch_size, c.num_train_steps = 24, 8, 40
+    c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 5, 20, 1, 20
+    c.optimizer.peak_lr, c.optimizer.warmup_steps = 1e-2, 5
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def one_device_mesh():
+    return sharding_lib.make_mesh(tiny_config().mesh, devices=jax.devices()[:1])
+
+
+def test_schedule_matches_spec():
+    opt = configs.base_config().optimizer
+    schedule = optim.make_schedule(opt, num_train_steps=1_000_000)
+    assert math.isclose(float(schedule(0)), 1e-7, rel_tol=1e-5)
+    assert math.isclose(float(schedule(15_000)), 1e-4, rel_tol=1e-5)
+    assert math.isclose(float(schedule(1_000_000)), 1e-5, rel_tol=1e-4)  # Decayed by 10x.
+    assert (opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.grad_clip) == (0.9, 0.95, 1e-8, 0.1, 1.0)
+
+
+def test_loss_counts_only_masked_targets():
+    seq = SyntheticIterator(LAYOUT, 2, 9).global_batch_at(0)
+    batch = jax.tree.map(jnp.asarray, seq)
+    vocab = LAYOUT.padded_size
+    perfect = jax.nn.one_hot(jnp.roll(batch.tokens, -1, axis=1), vocab) * 100.0
+    loss, metrics = next_token_loss(perfect, batch)
+    assert float(loss) < 1e-6
+    assert float(metrics["loss"][1]) == 2 * 3  # Three action targets per row.
+    assert float(metrics["accuracy_discrete_action"][0]) == 6
+    uniform = jnp.zeros((2, 9, vocab))
+    loss, _ = next_token_loss(uniform, batch)
+    np.testing.assert_allclose(float(loss), np.log(vocab), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """40 steps straight, checkpointing at 20 and 40."""
+    config = tiny_config()
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    rows = loop.train_and_evaluate(config, workdir, synthetic_data(config, LAYOUT))
+    return config, workdir, rows
+
+
+def test_training_learns_the_synthetic_task(straight_run):
+    _, workdir, rows = straight_run
+    metrics = read_metrics(workdir)
+    assert [r["step"] for r in metrics] == list(range(5, 45, 5))
+    assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"]
+    assert metrics[-1]["eval_accuracy_discrete_action"] > 0.9
+    assert all(k in metrics[-1] for k in ("tokens_per_s", "mfu", "learning_rate", "loss_discrete_action"))
+
+
+def test_resume_continues_exactly(straight_run, tmp_path):
+    config, _, straight = straight_run
+    loop.train_and_evaluate(config, str(tmp_path), synthetic_data(config, LAYOUT), stop_after=20)
+    assert Checkpointer(str(tmp_path)).latest_step() == 20
+    resumed = loop.train_and_evaluate(config, str(tmp_path), synthetic_data(config, LAYOUT))
+    assert resumed[0]["step"] == 25
+    by_step = {r["step"]: r["loss"] for r in straight}
+    np.testing.assert_allclose([r["loss"] for r in resumed], [by_step[r["step"]] for r in resumed], rtol=1e-6)
+
+
+def test_checkpoint_restores_onto_another_mesh(straight_run):
+    config, workdir, _ = straight_run
+    mesh = sharding_lib.make_mesh(tiny_config(mesh=dict(data=2, fsdp=2, tensor=2)).mesh)
+    fns, state = state_lib.build(config, LAYOUT.padded_size, mesh)
+    checkpointer = Checkpointer(workdir)
+    restored, data_state, meta = checkpointer.restore(state_lib.abstract_state(fns, state))
+    assert int(restored.step) == 40 and data_state == {"index": 40}
+    assert VocabLayout.from_json(meta["layout"]) == LAYOUT
+    one_fns, one_state = state_lib.build(config, LAYOUT.padded_size, one_device_mesh())
+    on_one, _, _ = checkpointer.restore(state_lib.abstract_state(one_fns, one_state))
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(on_one.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    exploding = tiny_config()
+    loop.train_and_evaluate(exploding, str(tmp_path), synthetic_data(exploding, LAYOUT), stop_after=20)
+    exploding.optimizer.peak_lr, exploding.optimizer.warmup_steps = 1e30, 0  # Same shapes, new schedule.
+    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint"):
+        loop.train_and_evaluate(exploding, str(tmp_path), synthetic_data(exploding, LAYOUT))
+    assert Checkpointer(str(tmp_path)).latest_step() == 20
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)])
+def test_sharded_loss_and_grads_match_one_device(mesh_shape):
+    config = tiny_config(batch_size=8)
+    batch = SyntheticIterator(LAYOUT, 8, 24).global_batch_at(0)
+    reference = _loss_and_grads(config, one_device_mesh(), batch)
+    data, fsdp, tensor = mesh_shape
+    mesh = sharding_lib.make_mesh(tiny_config(mesh=dict(data=data, fsdp=fsdp, tensor=tensor)).mesh)
+    loss, grads = _loss_and_grads(config, mesh, batch)
+    np.testing.assert_allclose(loss, reference[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def _loss_and_grads(config, mesh, batch: TokenSequence):
+    fns, state = state_lib.build(config, LAYOUT.padded_size, mesh)
+    global_batch = loop.to_global(batch, fns.batch_sharding)
+
+    def loss_fn(params):
+        return state_lib._loss_fn(fns.graphdef, fns.rest, params, global_batch, state.rng, True)[0]
+
+    with jax.set_mesh(mesh):
+        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(state.params)
+    return float(loss), jax.device_get(grads)
