@@ -1,18 +1,19 @@
 """Training: schedule, loss, learning, exact resume, sharded equivalence, restore on another mesh, NaN stop."""
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from gato_jax import configs
 from gato_jax import sharding as sharding_lib
-from gato_jax.tokenizers.sequence import Modality, TokenSequence
+from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop, optim
 from gato_jax.train import state as state_lib
@@ -105,35 +106,49 @@ def test_checkpoint_restores_onto_another_mesh(straight_run):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    exploding = tiny_config()
-    loop.train_and_evaluate(exploding, str(tmp_path), synthetic_data(exploding, LAYOUT), stop_after=20)
-    exploding.optimizer.peak_lr, exploding.optimizer.warmup_steps = 1e30, 0  # Same shapes, new schedule.
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(straight_run, tmp_path):
+    _, workdir, _ = straight_run
+    shutil.copytree(os.path.join(workdir, "checkpoints"), tmp_path / "checkpoints")
+    exploding = tiny_config(num_train_steps=60)
+    exploding.optimizer.peak_lr, exploding.optimizer.warmup_steps = 1e30, 0
     with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint"):
         loop.train_and_evaluate(exploding, str(tmp_path), synthetic_data(exploding, LAYOUT))
-    assert Checkpointer(str(tmp_path)).latest_step() == 20
+    assert Checkpointer(str(tmp_path)).latest_step() == 40
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)])
-def test_sharded_loss_and_grads_match_one_device(mesh_shape):
-    config = tiny_config(batch_size=8)
-    batch = SyntheticIterator(LAYOUT, 8, 24).global_batch_at(0)
-    reference = _loss_and_grads(config, one_device_mesh(), batch)
+@pytest.fixture(scope="module")
+def one_device_grads():
+    config = tiny_config()
+    batch = SyntheticIterator(LAYOUT, config.batch_size, config.seq_len).global_batch_at(0)
+    return config, batch, _loss_and_grads(config, one_device_mesh(), batch)
+
+
+@pytest.mark.parametrize("mesh_shape", [
+    (2, 2, 2),
+    pytest.param((8, 1, 1), marks=pytest.mark.slow),
+    pytest.param((1, 8, 1), marks=pytest.mark.slow),
+    pytest.param((1, 1, 8), marks=pytest.mark.slow),
+])
+def test_sharded_loss_and_grads_match_one_device(one_device_grads, mesh_shape):
+    config, batch, (reference_loss, reference_grads) = one_device_grads
     data, fsdp, tensor = mesh_shape
     mesh = sharding_lib.make_mesh(tiny_config(mesh=dict(data=data, fsdp=fsdp, tensor=tensor)).mesh)
     loss, grads = _loss_and_grads(config, mesh, batch)
-    np.testing.assert_allclose(loss, reference[0], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])):
+    np.testing.assert_allclose(loss, reference_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def _loss_and_grads(config, mesh, batch: TokenSequence):
-    fns, state = state_lib.build(config, LAYOUT.padded_size, mesh)
-    global_batch = loop.to_global(batch, fns.batch_sharding)
+    """Loss and gradients of freshly created (sharded) parameters; no optimizer involved."""
+    model = sharding_lib.create_sharded_model(config.model, LAYOUT.padded_size, mesh, config.seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    global_batch = loop.to_global(batch, sharding_lib.batch_sharding(mesh))
+    rng = jax.random.key_data(jax.random.key(0))
 
-    def loss_fn(params):
-        return state_lib._loss_fn(fns.graphdef, fns.rest, params, global_batch, state.rng, True)[0]
+    def loss_fn(p):
+        return state_lib._loss_fn(graphdef, rest, p, global_batch, rng, True)[0]
 
     with jax.set_mesh(mesh):
-        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(state.params)
+        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
     return float(loss), jax.device_get(grads)

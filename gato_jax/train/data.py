@@ -7,7 +7,8 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_matmul_peak(size: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
     """Median FLOP/s of a square matmul on the default device (2*size^3 FLOPs per product)."""
     key = jax.random.key(0)

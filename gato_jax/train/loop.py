@@ -22,7 +22,7 @@ from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import distributed
 from gato_jax.train import state as state_lib
-from gato_jax.train.checkpoint import CheckpointError, Checkpointer
+from gato_jax.train.checkpoint import Checkpointer, CheckpointError
 from gato_jax.train.data import TrainData
 from gato_jax.train.flops import matmul_peak_for_mesh
 from gato_jax.train.loss import reduce_metrics

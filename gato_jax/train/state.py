@@ -7,7 +7,8 @@ optimizer moments keep the shardings they were created with, and the old state i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
