@@ -1,0 +1,51 @@
+"""Every shipped experiment config loads, names known data sources, and fits its model and mesh."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+import jax
+import pytest
+
+from gato_jax import configs
+from gato_jax import sharding as sharding_lib
+from gato_jax.model import count_params
+from gato_jax.tokenizers.vocab import VocabLayout
+
+EXPERIMENTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "*.py")))
+CASES = [(path, arg) for path in EXPERIMENTS for arg in (None, "smoke")]
+CASES.append((next(p for p in EXPERIMENTS if p.endswith("generalist.py")), "gato_79m"))
+
+
+def load(path: str, arg: str | None):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.__doc__ and "make train EXP=" in module.__doc__, f"{path} needs a docstring with its command"
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize(("path", "arg"), CASES, ids=lambda x: os.path.basename(x) if isinstance(x, str) else str(x))
+def test_config_loads_and_fits(path, arg):
+    from data_pipelines.tasks import task_names
+
+    config = load(path, arg)
+    assert config.is_locked
+    known = set(task_names()) | {"text", "captions"}
+    assert set(config.data.mixture) <= known, f"unknown sources {set(config.data.mixture) - known}"
+    layout = VocabLayout(config.vocab.text_size, config.vocab.num_continuous_bins, config.vocab.num_discrete)
+    assert count_params(config.model, layout.padded_size) > 0
+    mesh = sharding_lib.make_mesh(config.mesh)
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    assert config.batch_size % batch_shards == 0, f"batch {config.batch_size} over {batch_shards} shards"
+    assert config.model.num_heads * config.model.head_dim > 0 and jax.device_count() == 8
+
+
+def test_unknown_config_argument_is_a_clear_error():
+    with pytest.raises(ValueError, match="use ':smoke'"):
+        load(EXPERIMENTS[0], "bogus")
+
+
+def test_presets_exist_for_gato_sizes():
+    assert {"gato_79m", "gato_364m", "gato_1_18b"} <= set(configs.MODEL_PRESETS)
