@@ -15,7 +15,7 @@ MODEL_PRESETS = {
     # CPU-sized default: trains on 2 cores in under an hour.
     "cpu_small": dict(num_layers=4, d_model=256, mlp_dim=1024, num_heads=4, head_dim=64),
     # Tests and smoke runs: compiles in seconds.
-    "tiny": dict(num_layers=2, d_model=64, mlp_dim=128, num_heads=2, head_dim=32),
+    "tiny": dict(num_layers=2, d_model=64, mlp_dim=128, num_heads=4, head_dim=16),
 }
 
 

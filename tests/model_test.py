@@ -1,4 +1,4 @@
-"""Model: full forward == cached decode (token by token, chunks, ring), causality, segments, sizes, dtypes.
+"""Model: full forward == cached decode (token by token, chunks, ring), ALiBi, causality, segments, sizes, dtypes.
 
 Array key: B = batch, T = tokens, V = vocabulary.
 """
@@ -19,8 +19,10 @@ from gato_jax.model import (
     count_params,
     flops_per_token,
     pin_prefix,
+    pinned_prefix_distance,
     reset_to_pinned,
 )
+from gato_jax.model.attention import alibi_slopes, causal_distance, dot_product_attention, segment_mask
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
@@ -76,7 +78,8 @@ class Fns:
         self.graphdef, self.state = nnx.split(self.model)
         self.decode_traces = 0
         self.forward = jax.jit(lambda state, seq: nnx.merge(self.graphdef, state)(seq))
-        self.forward_masked = jax.jit(lambda state, seq, mask: nnx.merge(self.graphdef, state)(seq, mask=mask))
+        self.forward_masked = jax.jit(
+            lambda state, seq, mask, distance: nnx.merge(self.graphdef, state)(seq, mask=mask, distance=distance))
         self.decode = jax.jit(self._decode)
 
     def _decode(self, state, seq, cache):
@@ -139,21 +142,27 @@ def window_mask(segment_ids_BxT: np.ndarray, prefix: int, ring: int) -> np.ndarr
 @pytest.mark.parametrize("ring", [10, 3])  # 3: a chunk of 4 overwrites its own first token.
 def test_ring_cache_with_pinned_prefix_matches_window_forward(fns, gapped, ring):
     """Decoding through a ring equals a full forward whose every query sees the pinned prefix and the
-    last `ring` tokens. (A plain forward over [prefix + last window] differs past the first layer: the
-    cached keys were computed when older tokens were still visible, as in any sliding-window cache.)"""
+    last `ring` tokens, with the prefix's ALiBi positions re-based to sit right before that window.
+    (A plain forward over [prefix + last window] differs past the first layer: the cached keys were
+    computed when older tokens were still visible, as in any sliding-window cache.)"""
     prefix, chunk = 8, 4
     cache = fns.model.init_cache(B, prefix + ring)
     prompt_logits, cache = fns.decode_in_chunks(take(gapped, slice(0, prefix)), cache, chunk)
     cache = pin_prefix(cache)
     episode_logits, cache = fns.decode_in_chunks(take(gapped, slice(prefix, T)), cache, chunk)  # Wraps twice.
     assert int(cache.pinned) == prefix and int(cache.index) == T
-    expected = fns.forward_masked(fns.state, gapped, window_mask(gapped.segment_ids, prefix, ring))
+    mask = window_mask(gapped.segment_ids, prefix, ring)
+    expected = fns.forward_masked(fns.state, gapped, mask, pinned_prefix_distance(mask, prefix))
     logits = np.concatenate([prompt_logits, episode_logits], axis=1)
     np.testing.assert_allclose(logits, np.asarray(expected), atol=1e-5, rtol=1e-5)
     assert np.abs(logits - np.asarray(fns.forward(fns.state, gapped))).max() > 1e-3  # The ring did evict.
+    not_rebased = fns.forward_masked(fns.state, gapped, mask, np.broadcast_to(causal_distance(T), mask.shape))
+    assert np.abs(logits - np.asarray(not_rebased)).max() > 1e-3  # The prompt did move.
 
 
 def test_reset_to_pinned_forgets_the_episode(fns, gapped):
+    """Exactly, ALiBi included: after a reset the prompt sits right before the new episode's first token,
+    as it did before the first episode, although write numbers kept counting."""
     prefix = 8
     cache = fns.model.init_cache(B, T)
     _, cache = fns.decode_in_chunks(take(gapped, slice(0, prefix)), cache, 8)
@@ -169,6 +178,80 @@ def test_pin_prefix_refuses_a_wrapped_cache(fns):
     assert int(pin_prefix(cache._replace(index=jnp.int32(15))).pinned) == 15
     with pytest.raises(ValueError, match="pin_prefix"):
         pin_prefix(cache._replace(index=jnp.int32(16)))
+
+
+def test_alibi_slopes_are_the_papers():
+    np.testing.assert_allclose(alibi_slopes(4), [1 / 4, 1 / 16, 1 / 64, 1 / 256])
+    np.testing.assert_allclose(alibi_slopes(8), [2.0 ** -i for i in range(1, 9)])
+    # Not a power of two: the slopes of 8 heads, then every other slope of 16 heads (the paper's code).
+    odd = [2.0 ** -(i + 0.5) for i in range(4)]
+    np.testing.assert_allclose(alibi_slopes(12), [2.0 ** -i for i in range(1, 9)] + odd)
+
+
+def bias_only_attention(mask_1xTxT: np.ndarray, distance_1xTxT: np.ndarray | None) -> np.ndarray:
+    """[T, H, T] attention weights (query, head, key) of 4 heads when every score is 0: the bias alone.
+
+    Zero queries make all keys identical; one-hot values read the weights out of the output.
+    """
+    t, h = mask_1xTxT.shape[-1], 4
+    zeros = jnp.zeros((1, t, h, 8))
+    values_1xTxHxT = jnp.broadcast_to(jnp.eye(t)[None, :, None, :], (1, t, h, t))
+    out = dot_product_attention(zeros, zeros, values_1xTxHxT, jnp.asarray(mask_1xTxT), distance_1xTxT, alibi_slopes(h))
+    return np.asarray(out[0])
+
+
+def test_alibi_bias_golden():
+    """bias[h, q, k] = -slope_h * (q - k) on the visible keys k <= q."""
+    t = 5
+    mask = np.tril(np.ones((t, t), bool))[None]
+    probs_TxHxT = bias_only_attention(mask, causal_distance(t))
+    q, k = np.arange(t)[:, None, None], np.arange(t)[None, None, :]
+    slopes = np.array([1 / 4, 1 / 16, 1 / 64, 1 / 256])[None, :, None]
+    weights = np.where(k <= q, np.exp(-slopes * (q - k)), 0.0)
+    np.testing.assert_allclose(probs_TxHxT, weights / weights.sum(-1, keepdims=True), rtol=1e-6, atol=1e-7)
+
+
+def test_alibi_prefers_the_nearer_of_two_identical_keys_and_none_does_not():
+    """Query 3 sees keys 0, 2 and itself, all identical: ALiBi weighs key 2 exp(2 * slope) times key 0;
+    without a distance (position_bias="none") both weigh the same (NoPE)."""
+    mask = np.zeros((1, 4, 4), bool)
+    mask[0, 3, [0, 2, 3]] = True
+    mask[0, :3, :3] = np.eye(3, dtype=bool)  # Other rows only keep their diagonal.
+    alibi_H = bias_only_attention(mask, causal_distance(4))[3]
+    np.testing.assert_allclose(alibi_H[:, 2] / alibi_H[:, 0], np.exp(2 * np.array(alibi_slopes(4))), rtol=1e-6)
+    nope_H = bias_only_attention(mask, None)[3]
+    np.testing.assert_allclose(nope_H[:, [0, 2, 3]], 1 / 3, rtol=1e-6)
+
+
+def test_pinned_prefix_distance_rebases_the_prompt_before_the_window():
+    """Prefix 2, ring 3: once the window has moved on, the prompt still looks 3 and 4 tokens away."""
+    q, k = np.arange(8)[:, None], np.arange(8)[None, :]
+    mask_TxT = (k <= q) & ((k < 2) | (q - k < 3))
+    distance_TxT = np.asarray(pinned_prefix_distance(mask_TxT[None], 2))[0]
+    assert distance_TxT[1][mask_TxT[1]].tolist() == [1, 0]  # Prompt tokens: plain distances.
+    assert distance_TxT[3][mask_TxT[3]].tolist() == [3, 2, 1, 0]  # Not wrapped yet: plain distances.
+    assert distance_TxT[5][mask_TxT[5]].tolist() == [4, 3, 2, 1, 0]  # Keys 0, 1, 3, 4, 5.
+    assert distance_TxT[7][mask_TxT[7]].tolist() == [4, 3, 2, 1, 0]  # Keys 0, 1, 5, 6, 7.
+    unwrapped_TxT = np.asarray(pinned_prefix_distance((k <= q)[None], 2))[0]
+    np.testing.assert_array_equal(np.where(k <= q, unwrapped_TxT, 0), np.where(k <= q, q - k, 0))
+
+
+def test_position_bias_none_ignores_distances(fns, gapped, full_logits):
+    """"none" is the NoPE model: same parameters, no bias, whatever distances it is given."""
+    cfg = configs.model_config("tiny")
+    cfg.position_bias = "none"
+    graphdef, _ = abstract_model(cfg, LAYOUT.padded_size)
+    forward = jax.jit(lambda s, x, d: nnx.merge(graphdef, s)(x, distance=d))
+    mask = np.asarray(segment_mask(gapped.segment_ids))
+    scrambled = np.random.default_rng(0).integers(0, 2 * T, mask.shape).astype(np.int32)
+    nope = np.asarray(forward(fns.state, gapped, scrambled))
+    np.testing.assert_array_equal(nope, np.asarray(forward(fns.state, gapped, np.zeros_like(scrambled))))
+    assert np.abs(nope - full_logits).max() > 1e-3  # The default model does use ALiBi ...
+    alibi_scrambled = np.asarray(fns.forward_masked(fns.state, gapped, mask, scrambled))
+    assert np.abs(alibi_scrambled - full_logits).max() > 1e-3  # ... and reads the distances it is given.
+    cfg.position_bias = "rope"
+    with pytest.raises(ValueError, match="position_bias"):
+        Gato(cfg, LAYOUT.padded_size, rngs=nnx.Rngs(0))
 
 
 def test_causal_future_tokens_do_not_change_the_past(fns, gapped, full_logits):

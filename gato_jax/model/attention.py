@@ -1,11 +1,15 @@
-"""Multi-head attention and the attention mask built from a TokenSequence.
+"""Multi-head attention, the attention mask built from a TokenSequence, and ALiBi position biases.
 
 Array key: B = batch, T = query tokens, S = key tokens, D = d_model, H = heads, K = head_dim.
 
 The mask is data (built from segment ids here, from the cache in `cache.chunk_mask`), never hard-coded in
 the attention layer, so other masks (e.g. bidirectional within one observation) only need a new builder.
+So are the query-key distances the ALiBi bias reads (`causal_distance` here, `cache.alibi_distance` for
+the cache): the layer only knows its per-head slopes.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +31,40 @@ def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
     return (causal_TxT[None] & same_BxTxT & real_key_BxTxT) | jnp.eye(t, dtype=bool)[None]
 
 
+def alibi_slopes(num_heads: int) -> tuple[float, ...]:
+    """ALiBi slope of each head (Press et al. 2022): 2^(-8i/H) for i = 1..H when H is a power of two.
+
+    Otherwise, as in the paper's code: the n = 2^floor(log2 H) slopes of n heads, then every other slope
+    of 2n heads (the ones between them) for the remaining H - n heads.
+    """
+    n = 2 ** math.floor(math.log2(num_heads))
+    slopes = [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
+    if n < num_heads:
+        slopes += alibi_slopes(2 * n)[0::2][: num_heads - n]
+    return tuple(slopes)
+
+
+def causal_distance(t: int) -> jax.Array:
+    """int32 [1, T, T]: query index - key index, the ALiBi distance of a full forward pass.
+
+    Packed segments need no restart: the mask already hides other segments, and a bias that only depends
+    on the difference is the same whichever index a segment starts at.
+    """
+    i_T = jnp.arange(t, dtype=jnp.int32)
+    return (i_T[:, None] - i_T[None, :])[None]
+
+
 def dot_product_attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-                          mask_BxTxS: jax.Array) -> jax.Array:
-    """Softmax attention; scores and softmax in float32 whatever the compute dtype."""
+                          mask_BxTxS: jax.Array, distance_BxTxS: jax.Array | None = None,
+                          slopes_H: tuple[float, ...] | None = None) -> jax.Array:
+    """Softmax attention; scores, the ALiBi bias -slope_h * distance and softmax in float32 whatever the
+    compute dtype. No bias when `distance_BxTxS` is None (its batch axis may be 1)."""
     scale = q_BxTxHxK.shape[-1] ** -0.5
     scores_BxHxTxS = jnp.einsum(
         "bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
+    if distance_BxTxS is not None:
+        slopes_1xHx1x1 = jnp.asarray(slopes_H, jnp.float32)[None, :, None, None]
+        scores_BxHxTxS = scores_BxHxTxS - slopes_1xHx1x1 * distance_BxTxS[:, None].astype(jnp.float32)
     scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
     probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxK.dtype)
     return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
@@ -49,11 +81,14 @@ class Attention(nnx.Module):
         self.key = nnx.Einsum("btd,dhk->bthk", (d, h, k), kernel_init=in_init, rngs=rngs, **dims.dtypes())
         self.value = nnx.Einsum("btd,dhk->bthk", (d, h, k), kernel_init=in_init, rngs=rngs, **dims.dtypes())
         self.out = nnx.Einsum("bthk,hkd->btd", (h, k, d), kernel_init=out_init, rngs=rngs, **dims.dtypes())
+        self.slopes_H = alibi_slopes(h)  # Static (a tuple), used only when a distance is passed.
 
     def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array,
-                 past: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 past: tuple[jax.Array, jax.Array] | None = None,
+                 distance_BxTxS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Attends over `past` keys/values ([B, S-T, H, K] each, from a cache) followed by this chunk's.
 
+        `distance_BxTxS` (int, query position - key position) turns on the ALiBi bias; None leaves it off.
         Returns the output [B, T, D] and this chunk's keys and values (for the cache).
         """
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self.query(x_BxTxD), self.key(x_BxTxD), self.value(x_BxTxD)
@@ -61,5 +96,6 @@ class Attention(nnx.Module):
         if past is not None:
             k_BxSxHxK = jnp.concatenate([past[0], k_BxTxHxK], axis=1)
             v_BxSxHxK = jnp.concatenate([past[1], v_BxTxHxK], axis=1)
-        y_BxTxHxK = dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS)
+        y_BxTxHxK = dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, distance_BxTxS,
+                                          self.slopes_H)
         return self.out(y_BxTxHxK), (k_BxTxHxK, v_BxTxHxK)

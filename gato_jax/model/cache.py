@@ -7,8 +7,14 @@ a ring over [pinned, S): the n-th token written (n = `index`) lands in slot
     pinned + (n - pinned) mod (S - pinned),
 which is simply slot n until the cache is full. Every slot remembers the write number of the token in it
 (`pos`), so within one chunk a token still sees the ring slots that later tokens of the same chunk
-overwrite; chunked decoding therefore equals token-by-token decoding exactly. Because the model has no
-global position embedding (NoPE), the order of slots does not matter to attention.
+overwrite; chunked decoding therefore equals token-by-token decoding exactly. Slot order does not matter
+to attention: the only position signal is the ALiBi distance, computed from write numbers
+(`alibi_distance`), never from slot indices.
+
+ALiBi distances: query write number - key write number, except for pinned slots (the prompt), which are
+re-based to sit immediately before the oldest unpinned token the query still sees, as a training prompt
+sits immediately before its episode window. However long an episode runs (or after `reset_to_pinned`),
+the prompt then looks as far away as it did in training; before the ring wraps, nothing moves.
 
 The batch shares `index` and `pos`; `valid` is per row, so padding written into a chunk (segment id 0,
 e.g. rows with shorter observations) takes a slot but is never attended to.
@@ -102,6 +108,39 @@ def chunk_mask(cache: KVCache, segment_ids_Bxt: jax.Array) -> jax.Array:
     chunk_Bxtxt = causal_txt[None] & real_Bxt[:, None, :] & real_Bxt[:, :, None]
     chunk_Bxtxt = chunk_Bxtxt | jnp.eye(t, dtype=bool)[None]
     return jnp.concatenate([cached_BxtxS, chunk_Bxtxt], axis=-1)
+
+
+def alibi_distance(q_pos_t: jax.Array, k_pos_S: jax.Array, visible_BxtxS: jax.Array, pinned_S: jax.Array,
+                   num_pinned: jax.Array | int) -> jax.Array:
+    """int32 [B, t, S]: ALiBi distance of each key from each query (module docstring).
+
+    `q_pos_t`, `k_pos_S`: write numbers; `pinned_S`: which keys are prompt tokens, holding write numbers
+    [0, num_pinned). A pinned key j counts as written at (oldest unpinned key visible to the query) -
+    num_pinned + j. A query that sees no unpinned key (a prompt token) keeps plain distances.
+    """
+    unpinned_BxtxS = visible_BxtxS & ~pinned_S[None, None, :]
+    oldest_Bxt = jnp.min(jnp.where(unpinned_BxtxS, k_pos_S[None, None, :], jnp.iinfo(jnp.int32).max), axis=-1)
+    oldest_Bxt = jnp.where(unpinned_BxtxS.any(axis=-1), oldest_Bxt, num_pinned)
+    rebased_BxtxS = oldest_Bxt[:, :, None] - num_pinned + k_pos_S[None, None, :]
+    k_pos_BxtxS = jnp.where(pinned_S[None, None, :], rebased_BxtxS, k_pos_S[None, None, :])
+    return (q_pos_t[None, :, None] - k_pos_BxtxS).astype(jnp.int32)
+
+
+def chunk_distance(cache: KVCache, mask_Bxtx_S_t: jax.Array) -> jax.Array:
+    """int32 [B, t, S + t]: ALiBi distances of a chunk's queries from the cache slots and the chunk."""
+    t = mask_Bxtx_S_t.shape[1]
+    write_t = cache.index + jnp.arange(t, dtype=jnp.int32)
+    k_pos_St = jnp.concatenate([cache.pos, write_t])
+    pinned_St = jnp.arange(cache.size + t) < cache.pinned
+    return alibi_distance(write_t, k_pos_St, mask_Bxtx_S_t, pinned_St, cache.pinned)
+
+
+def pinned_prefix_distance(mask_BxTxT: jax.Array, prefix: int) -> jax.Array:
+    """int32 [B, T, T]: the distances a cache with the first `prefix` tokens pinned gives a full forward
+    pass under `mask` (e.g. what the ring shows each query), so the two can be compared exactly."""
+    t = mask_BxTxT.shape[-1]
+    i_T = jnp.arange(t, dtype=jnp.int32)
+    return alibi_distance(i_T, i_T, jnp.asarray(mask_BxTxT), i_T < prefix, prefix)
 
 
 def write_slots(cache: KVCache, t: int) -> jax.Array:

@@ -13,9 +13,10 @@ Decisions:
   and `jnp.where` keeps it only at IMAGE positions; the stem keeps that cheap.
 - Patch positions [A]: row and column tables of PATCH_POS_BUCKETS entries. Training samples an integer
   uniformly in [lo, hi); evaluation uses the rounded mean (lo + hi) // 2 (clipped into [lo, hi)).
-- No global position embedding (NoPE) [D]: causal attention is the only order signal. A token's
-  embedding therefore never depends on its absolute index, which keeps the ring KV cache with a pinned
-  prompt exact (a token evicted from the ring leaves no trace in the others' positions).
+- No global position embedding [D]: order enters only as the relative ALiBi bias in attention
+  (`model.position_bias`, attention.py), or not at all with "none". A token's embedding therefore never
+  depends on its absolute index, which keeps the ring KV cache with a pinned prompt exact (a token
+  evicted from the ring leaves no trace in the others' positions).
 """
 from __future__ import annotations
 

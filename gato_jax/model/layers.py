@@ -19,6 +19,7 @@ from flax import nnx
 # Stride (and kernel) of the patch ResNet stem conv when the config does not name one [D]: a 16x16 patch
 # becomes a 4x4 grid, so the block costs ~1.4 MFLOP per token instead of ~25 at full resolution.
 DEFAULT_PATCH_STEM_STRIDE = 4
+POSITION_BIASES = ("alibi", "none")  # Values of `model.position_bias` (see configs.py).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ModelDims:
     param_dtype: str
     remat: bool
     dropout_rate: float
+    position_bias: str
 
     @classmethod
     def from_config(cls, model_config: ml_collections.ConfigDict) -> ModelDims:
@@ -53,6 +55,8 @@ class ModelDims:
             param_dtype=str(model_config.param_dtype),
             remat=bool(model_config.remat),
             dropout_rate=float(model_config.dropout_rate),
+            # A config saved before the field existed was trained without one.
+            position_bias=str(model_config.get("position_bias", "none")),
         )
         dims.validate()
         return dims
@@ -63,6 +67,8 @@ class ModelDims:
         if self.patch_size % self.patch_stem_stride:
             raise ValueError(
                 f"model.patch_size={self.patch_size} must be a multiple of patch_stem_stride={self.patch_stem_stride}.")
+        if self.position_bias not in POSITION_BIASES:
+            raise ValueError(f"model.position_bias must be one of {POSITION_BIASES}, got {self.position_bias!r}.")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16"):
                 raise ValueError(f"model.{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}.")

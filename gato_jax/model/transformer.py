@@ -4,7 +4,9 @@ Array key: B = batch, T = tokens, t = tokens in a decode chunk, S = cache slots,
 V = vocabulary, L = layers, H = heads, K = head_dim.
 
 Two entry points share the weights: `__call__` (training, scoring) over whole TokenSequences, and
-`decode` (acting, sampling) over chunks appended to a KVCache. Tests hold them equal.
+`decode` (acting, sampling) over chunks appended to a KVCache. Tests hold them equal. Both build the
+attention mask and, with `model.position_bias="alibi"`, the query-key distances once, outside the
+scan over layers.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from flax import nnx
 
 from gato_jax import sharding
 from gato_jax.model import cache as cache_lib
-from gato_jax.model.attention import Attention, segment_mask
+from gato_jax.model.attention import Attention, causal_distance, segment_mask
 from gato_jax.model.embed import Embedder
 from gato_jax.model.layers import Mlp, ModelDims, layer_norm
 from gato_jax.tokenizers.sequence import TokenSequence
@@ -36,10 +38,12 @@ class Block(nnx.Module):
         self.dropout = nnx.Dropout(dims.dropout_rate)
 
     def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array, past=None,
-                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """`dropout_key` None means deterministic. Returns the new stream and this chunk's keys/values."""
+                 dropout_key: jax.Array | None = None,
+                 distance_BxTxS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """`dropout_key` None means deterministic; `distance_BxTxS` None means no ALiBi bias.
+        Returns the new stream and this chunk's keys/values."""
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
-        y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), mask_BxTxS, past)
+        y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), mask_BxTxS, past, distance_BxTxS)
         x_BxTxD = x_BxTxD + self._drop(y_BxTxD, keys[0])
         x_BxTxD = x_BxTxD + self._drop(self.mlp(self.mlp_norm(x_BxTxD)), keys[1])
         return sharding.constrain(x_BxTxD, ACTIVATION_AXES), kv
@@ -115,12 +119,15 @@ class Gato(nnx.Module):
         self.final_norm = layer_norm(self.dims, rngs=rngs)
 
     def __call__(self, seq: TokenSequence, deterministic: bool = True,
-                 rngs: nnx.Rngs | jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
+                 rngs: nnx.Rngs | jax.Array | None = None, mask: jax.Array | None = None,
+                 distance: jax.Array | None = None) -> jax.Array:
         """Logits float32 [B, T, V]; position t predicts token t+1.
 
         `rngs` (an nnx.Rngs or a key) is needed when `deterministic` is False (patch-position sampling,
         dropout). `mask` (bool [B, T, T], query x key) replaces the causal segment mask, e.g. to state
-        what a ring cache sees; every row must keep its diagonal.
+        what a ring cache sees; every row must keep its diagonal. `distance` (int [B, T, T], query x key)
+        replaces the ALiBi distances query index - key index, e.g. with the re-based prompt distances of a
+        ring cache (`cache.pinned_prefix_distance`); it is ignored when `model.position_bias="none"`.
         """
         seq = TokenSequence(*(jnp.asarray(field) for field in seq))
         embed_key, keys_L = None, None
@@ -129,11 +136,15 @@ class Gato(nnx.Module):
             keys_L = jax.random.split(layers_key, self.dims.num_layers)
         x_BxTxD = sharding.constrain(self.embed(seq, key=embed_key), ACTIVATION_AXES)
         mask_BxTxT = segment_mask(seq.segment_ids) if mask is None else jnp.asarray(mask)
+        distance_BxTxT = None
+        if self.dims.position_bias == "alibi":
+            distance_BxTxT = causal_distance(x_BxTxD.shape[1]) if distance is None else jnp.asarray(distance)
         graphdef, state_L = nnx.split(self.blocks)
 
         def body(x_BxTxD, layer):
             state, key = layer
-            return nnx.merge(graphdef, state)(x_BxTxD, mask_BxTxT, dropout_key=key)[0], None
+            block = nnx.merge(graphdef, state)
+            return block(x_BxTxD, mask_BxTxT, dropout_key=key, distance_BxTxS=distance_BxTxT)[0], None
 
         if self.dims.remat:  # Keep only each block's input; recompute the rest in the backward pass.
             body = jax.checkpoint(body, prevent_cse=False)
@@ -153,17 +164,23 @@ class Gato(nnx.Module):
         """Appends `seq_chunk` [B, t] after the cache's tokens: logits float32 [B, t, V] and the new cache.
 
         New tokens attend to every live cache slot and causally within the chunk; segment ids only mark
-        padding (the cache holds one segment). Shapes are fixed by (B, t, S), so jit compiles once per t.
+        padding (the cache holds one segment). ALiBi distances count write numbers, with the pinned prompt
+        re-based before the oldest live token (`cache` module docstring). Shapes are fixed by (B, t, S),
+        so jit compiles once per t.
         """
         seq_chunk = TokenSequence(*(jnp.asarray(field) for field in seq_chunk))
         x_BxtxD = self.embed(seq_chunk)
         mask_Bxtx_S_t = cache_lib.chunk_mask(cache, seq_chunk.segment_ids)
+        distance_Bxtx_S_t = None
+        if self.dims.position_bias == "alibi":
+            distance_Bxtx_S_t = cache_lib.chunk_distance(cache, mask_Bxtx_S_t)
         graphdef, state_L = nnx.split(self.blocks)
 
         def body(x_BxtxD, layer):
             state, past_k_BxSxHxK, past_v_BxSxHxK = layer
             block = nnx.merge(graphdef, state)
-            return block(x_BxtxD, mask_Bxtx_S_t, (past_k_BxSxHxK, past_v_BxSxHxK))
+            return block(x_BxtxD, mask_Bxtx_S_t, (past_k_BxSxHxK, past_v_BxSxHxK),
+                         distance_BxTxS=distance_Bxtx_S_t)
 
         x_BxtxD, (k_LxBxtxHxK, v_LxBxtxHxK) = jax.lax.scan(body, x_BxtxD, (state_L, cache.keys, cache.values))
         cache = cache_lib.append(cache, k_LxBxtxHxK, v_LxBxtxHxK, seq_chunk.segment_ids)
