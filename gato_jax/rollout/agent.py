@@ -1,0 +1,241 @@
+"""Acting: observation tokens -> KV cache -> constrained action sampling, batched over environments.
+
+Array key: B = environments in the batch, t = tokens of one observation (separator included),
+A = action tokens per timestep, P = prompt tokens, V = vocabulary (padded), S = cache slots.
+
+One timestep costs one jitted call (`Agent.act`): reset the cache rows whose environment started a
+new episode, decode the observation chunk, then scan over the A action tokens: mask each token's
+logits to its valid id range (GATO_SPEC.md "Deployment": only ids valid for the action field), sample
+(or argmax at temperature 0), and decode the sampled token so it enters the cache. Every shape is
+fixed by (B, t, A, S), so it compiles once per task and batch size, however long the rollout.
+
+A demonstration prompt (GATO_SPEC.md: "a successful demonstration of the same task fills the context
+before acting") is decoded once and pinned: later tokens slide through a ring over the rest of the
+cache, so episodes of any length run, and a finished episode's row is reset to the prompt alone.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from gato_jax.model import Gato, KVCache, pin_prefix, reset_to_pinned
+from gato_jax.tokenizers import episode as episode_lib
+from gato_jax.tokenizers import sequence as seq_lib
+from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence
+from gato_jax.tokenizers.spec import FieldKind, TaskSpec
+from gato_jax.tokenizers.vocab import VocabLayout
+
+
+class ActionTokens(NamedTuple):
+    """Per action token (in `TaskSpec.ordered_action` order): its valid id range and modality."""
+
+    lo_A: np.ndarray  # int32, inclusive.
+    hi_A: np.ndarray  # int32, exclusive.
+    modality_A: np.ndarray  # int32 Modality.DISCRETE or CONTINUOUS.
+
+
+class ActOutput(NamedTuple):
+    """One timestep's sampled actions for the whole batch."""
+
+    action_ids_BxA: jax.Array  # int32 vocabulary ids, each inside its token's range.
+    logits_BxAxV: jax.Array  # float32 raw logits that each action token was sampled from (before masking).
+
+
+def action_tokens(spec: TaskSpec, layout: VocabLayout) -> ActionTokens:
+    """Valid ranges (from `episode.action_token_ranges`) and the modality of every action token."""
+    ranges = np.asarray(episode_lib.action_token_ranges(spec, layout), np.int32).reshape(-1, 2)
+    kinds = [f.kind for f in spec.ordered_action() for _ in range(f.size)]
+    modality = [Modality.DISCRETE if k == FieldKind.DISCRETE else Modality.CONTINUOUS for k in kinds]
+    return ActionTokens(ranges[:, 0].copy(), ranges[:, 1].copy(), np.asarray(modality, np.int32))
+
+
+def action_chunk(tokens_B: jax.Array, modality: jax.Array, patch_dim: int) -> TokenSequence:
+    """A [B, 1] chunk holding one action token per row, laid out as `tokenize_episode` lays actions."""
+    b = tokens_B.shape[0]
+    return TokenSequence(
+        tokens=tokens_B[:, None].astype(jnp.int32),
+        modality=jnp.full((b, 1), modality, jnp.int32),
+        local_pos=jnp.full((b, 1), ACTION_LOCAL_POS, jnp.int32),
+        patches=jnp.zeros((b, 1, patch_dim), jnp.uint8),
+        patch_pos=jnp.zeros((b, 1, 4), jnp.int32),
+        loss_mask=jnp.zeros((b, 1), bool),
+        segment_ids=jnp.ones((b, 1), jnp.int32),
+    )
+
+
+def sample_in_range(key: jax.Array, logits_BxV: jax.Array, lo: jax.Array, hi: jax.Array,
+                    temperature: jax.Array) -> jax.Array:
+    """int32 [B] ids in [lo, hi): categorical at `temperature`, argmax when it is 0."""
+    ids_V = jnp.arange(logits_BxV.shape[-1])
+    valid_V = (ids_V >= lo) & (ids_V < hi)
+    masked_BxV = jnp.where(valid_V[None, :], logits_BxV, -jnp.inf)
+    sampled_B = jax.random.categorical(key, masked_BxV / jnp.maximum(temperature, 1e-6), axis=-1)
+    return jnp.where(temperature > 0, sampled_B, jnp.argmax(masked_BxV, axis=-1)).astype(jnp.int32)
+
+
+def _act_fn(graphdef: Any, params: Any, cache: KVCache, obs: TokenSequence, reset_B: jax.Array,
+            key: jax.Array, actions: ActionTokens, temperature: jax.Array) -> tuple[KVCache, ActOutput]:
+    """The pure act step (jitted by `Agent`): see the module docstring."""
+    model = nnx.merge(graphdef, params)
+    cache = reset_to_pinned(cache, reset_B)
+    logits_BxtxV, cache = model.decode(obs, cache)
+    patch_dim = obs.patches.shape[-1]
+
+    def one_token(carry, xs):
+        cache, logits_BxV = carry
+        lo, hi, modality, token_key = xs
+        token_B = sample_in_range(token_key, logits_BxV, lo, hi, temperature)
+        next_BxtxV, cache = model.decode(action_chunk(token_B, modality, patch_dim), cache)
+        return (cache, next_BxtxV[:, 0]), (token_B, logits_BxV)
+
+    keys_A = jax.random.split(key, actions.lo_A.shape[0])
+    xs = (actions.lo_A, actions.hi_A, actions.modality_A, keys_A)
+    (cache, _), (tokens_AxB, logits_AxBxV) = jax.lax.scan(one_token, (cache, logits_BxtxV[:, -1]), xs)
+    return cache, ActOutput(tokens_AxB.T, jnp.swapaxes(logits_AxBxV, 0, 1))
+
+
+TRACES: collections.Counter = collections.Counter()  # Traces (= compilations) per jitted function, per process.
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _act_jit(graphdef, params, cache, obs, reset_B, key, actions, temperature):
+    """Shared by every Agent over the same architecture: one compile per (B, t, A, S), not per agent."""
+    TRACES["act"] += 1  # Runs only while tracing.
+    return _act_fn(graphdef, params, cache, obs, reset_B, key, actions, temperature)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _decode_jit(graphdef, params, cache: KVCache, seq: TokenSequence) -> KVCache:
+    TRACES["prompt"] += 1
+    return nnx.merge(graphdef, params).decode(seq, cache)[1]
+
+
+class Agent:
+    """Gato acting on one task over a batch of environments, with an optional pinned prompt.
+
+    Functional where it matters: `initial_cache` and `act` take and return the cache and take an
+    explicit RNG key; the agent object only holds constants (weights, spec, sampling temperature).
+    `TRACES["act"]` counts compilations of the act step (tests assert it does not grow while acting).
+    """
+
+    def __init__(self, model: Gato, spec: TaskSpec, layout: VocabLayout, *, batch_size: int, cache_size: int,
+                 temperature: float = 1.0):
+        if spec.tokens_per_timestep > cache_size // 2:
+            raise ValueError(f"A timestep of {spec.name!r} has {spec.tokens_per_timestep} tokens; a cache of "
+                             f"{cache_size} slots needs at least twice that. Use a larger cache (config.seq_len).")
+        self.spec, self.layout = spec, layout
+        self.batch_size, self.cache_size = batch_size, cache_size
+        self.temperature = jnp.float32(temperature)
+        self.model = model
+        self.graphdef, self.params = nnx.split(model)
+        self.actions = action_tokens(spec, layout)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Half the cache, in whole timesteps (as `ControlSource` sizes its training prompts)."""
+        return (self.cache_size // 2) // self.spec.tokens_per_timestep * self.spec.tokens_per_timestep
+
+    def initial_cache(self, prompt: TokenSequence | None = None) -> KVCache:
+        """An empty cache, or one holding `prompt` ([P] for every row, or [B, P]) pinned at its front."""
+        cache = place_like(self.model.init_cache(self.batch_size, self.cache_size), self.params)
+        if prompt is None:
+            return cache
+        prompt = broadcast_rows(prompt, self.batch_size)
+        if prompt.length > self.max_prompt_tokens:
+            raise ValueError(f"A prompt of {prompt.length} tokens exceeds half the {self.cache_size}-slot cache "
+                             f"({self.max_prompt_tokens} tokens in whole timesteps); cut it.")
+        return pin_prefix(_decode_jit(self.graphdef, self.params, cache, _as_jax(prompt)))
+
+    def observe(self, observations: Sequence[Mapping]) -> TokenSequence:
+        """Host side: B observations -> the [B, t] chunk (observation tokens and the separator)."""
+        rows = [episode_lib.observation_tokens(self.spec, self.layout, obs) for obs in observations]
+        return seq_lib.stack(rows)
+
+    def act(self, cache: KVCache, obs: TokenSequence, reset_B: np.ndarray, key: jax.Array) -> tuple[KVCache, ActOutput]:
+        """One timestep for every row: rows with `reset_B` forget all but the prompt first. Donates `cache`."""
+        return _act_jit(self.graphdef, self.params, cache, _as_jax(obs), jnp.asarray(reset_B, bool), key,
+                        self.actions, self.temperature)
+
+    def decode_actions(self, action_ids_BxA) -> list[dict[str, np.ndarray]]:
+        """Sampled ids -> one {field: value} action dict per row."""
+        ids = np.asarray(action_ids_BxA)
+        return [episode_lib.decode_action(self.spec, self.layout, row) for row in ids]
+
+
+def place_like(tree: Any, params: Any) -> Any:
+    """`tree` replicated over the mesh of `params`: a fresh cache then has the same sharding as one that
+    came out of a jitted step, so the act step does not compile a second time for it."""
+    sharding = jax.tree.leaves(params)[0].sharding
+    if isinstance(sharding, NamedSharding):
+        sharding = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.device_put(tree, sharding)
+
+
+def broadcast_rows(seq: TokenSequence, batch_size: int) -> TokenSequence:
+    """[T] -> [B, T] (the same sequence in every row); [B, T] is checked and returned."""
+    if seq.tokens.ndim == 1:
+        return TokenSequence(*(np.broadcast_to(np.asarray(f)[None], (batch_size, *np.shape(f))) for f in seq))
+    if seq.tokens.shape[0] != batch_size:
+        raise ValueError(f"Prompt has {seq.tokens.shape[0]} rows, the agent {batch_size}.")
+    return seq
+
+
+def _as_jax(seq: TokenSequence) -> TokenSequence:
+    return TokenSequence(*(jnp.asarray(f) for f in seq))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Demonstration prompts.
+
+
+def episode_steps(episode: Mapping) -> dict:
+    """An episode as `tokenize_episode` wants it: {'observation': {...}, 'action': {...}} of [N, ...] arrays.
+
+    Accepts RLDS-like episodes ({'steps': {...}}) or the steps dict itself.
+    """
+    steps = episode["steps"] if "steps" in episode else episode
+    return {"observation": dict(steps["observation"]), "action": dict(steps["action"])}
+
+
+def _num_steps(steps: Mapping) -> int:
+    return len(next(iter(steps["action"].values())))
+
+
+def demonstration(spec: TaskSpec, layout: VocabLayout, episode: Mapping, max_tokens: int) -> TokenSequence:
+    """The end of one demonstration episode, in whole timesteps, at most `max_tokens` tokens."""
+    steps = episode_steps(episode)
+    n = min(max_tokens // spec.tokens_per_timestep, _num_steps(steps))
+    if n <= 0:
+        raise ValueError(f"A prompt of {max_tokens} tokens holds no timestep of {spec.name!r} "
+                         f"({spec.tokens_per_timestep} tokens); use a larger cache.")
+    total = _num_steps(steps)
+    window = {role: {k: np.asarray(v)[total - n:] for k, v in fields.items()} for role, fields in steps.items()}
+    seq = episode_lib.tokenize_episode(spec, layout, window)
+    return seq._replace(loss_mask=np.zeros_like(seq.loss_mask))
+
+
+def demonstration_prompts(spec: TaskSpec, layout: VocabLayout, episodes: Sequence[Mapping], max_tokens: int,
+                          batch_size: int, rng: np.random.Generator) -> TokenSequence:
+    """[B, P] prompts: each row the end of an episode drawn from `episodes`, left-padded to one length.
+
+    The episode's end is where the paper takes evaluation prompts from (a successful finish); rows draw
+    different episodes so a batch of rollouts is not conditioned on one demonstration only. Padding goes
+    in front, so every demonstration ends right where its row's episode begins, as in training (the
+    ALiBi distances between the two are then those of a training sequence).
+    """
+    if not len(episodes):
+        raise ValueError(f"No demonstration episodes for {spec.name!r}: run `make data` or set "
+                         "config.eval.prompted=False.")
+    picks = rng.integers(0, len(episodes), size=batch_size)
+    rows = [demonstration(spec, layout, episodes[int(i)], max_tokens) for i in picks]
+    length = max(r.length for r in rows)
+    patch_size = spec.patch_size
+    return seq_lib.stack([seq_lib.concat([seq_lib.empty(length - r.length, patch_size), r]) for r in rows])

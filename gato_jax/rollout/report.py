@@ -1,0 +1,192 @@
+"""Scores and the evaluation report: normalised returns, report.json, report.md, a bar chart, videos.
+
+Expert-normalised score = (return - random) / (expert - random) (GATO_SPEC.md "Deployment and
+evaluation"), computed on the mean return (the same as the mean of per-episode scores: it is linear).
+Atari tasks also get the usual human-normalised score (return - random) / (human - random) with the
+published random and human references. The paper's headline is how many tasks reach 50% of expert,
+so the chart marks 0.5 and 1.0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+REPORT_JSON, REPORT_MD, CHART_PNG, VIDEO_DIR = "report.json", "report.md", "normalized_scores.png", "videos"
+THRESHOLDS = (0.5, 0.8, 1.0)  # Fractions of expert the summary counts tasks at.
+
+
+class References(NamedTuple):
+    """Reference returns of one task."""
+
+    random: float  # A uniformly random policy, from the dataset metadata.
+    expert: float  # The demonstrations' mean return, from the dataset metadata.
+    human: float | None = None  # Atari only: the published human score.
+    human_random: float | None = None  # Atari only: the published random score that goes with it.
+
+
+def normalized_score(score: float, random: float, reference: float) -> float:
+    """(score - random) / (reference - random); NaN when the references coincide (no scale)."""
+    span = float(reference) - float(random)
+    return (float(score) - float(random)) / span if span else math.nan
+
+
+def task_scores(returns: Sequence[float], refs: References, *, prompted: bool) -> dict[str, Any]:
+    """The per-task entry of report.json."""
+    returns = np.asarray(returns, np.float64)
+    mean = float(returns.mean()) if returns.size else math.nan
+    entry = {
+        "episodes": int(returns.size), "return_mean": mean,
+        "return_std": float(returns.std()) if returns.size else math.nan,
+        "random": float(refs.random), "expert": float(refs.expert),
+        "normalized": normalized_score(mean, refs.random, refs.expert), "prompted": bool(prompted),
+    }
+    if refs.human is not None and refs.human_random is not None:
+        entry.update(human=float(refs.human), human_random=float(refs.human_random),
+                     human_normalized=normalized_score(mean, refs.human_random, refs.human))
+    return entry
+
+
+def summary(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and median normalised score, and how many tasks reach each threshold of expert."""
+    scores = [t["normalized"] for t in tasks.values() if not math.isnan(t["normalized"])]
+    out: dict[str, Any] = {"tasks": len(tasks)}
+    if scores:
+        out.update(mean_normalized=float(np.mean(scores)), median_normalized=float(np.median(scores)))
+        out.update({f"tasks_at_{int(100 * th)}pct": sum(s >= th for s in scores) for th in THRESHOLDS})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files.
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN: NaN and inf become null, recursively."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_json(path: str, report: Mapping[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(_finite(report), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"
+    return [line(header), line(["---"] * len(header)), *(line(r) for r in rows), ""]
+
+
+def _task_rows(tasks: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    return [[name, t["episodes"], f"{_fmt(t['return_mean'])} ± {_fmt(t['return_std'])}", _fmt(t["random"]),
+             _fmt(t["expert"]), _fmt(t["normalized"]), _fmt(t.get("human_normalized")),
+             "yes" if t["prompted"] else "no"] for name, t in sorted(tasks.items())]
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """report.md: a table of control tasks, then captions and text when evaluated."""
+    lines = [f"# Evaluation of {report.get('workdir', '')} at step {report.get('step', '?')}", ""]
+    if report.get("settings"):
+        lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(report["settings"].items())), ""]
+    if report.get("tasks"):
+        lines += _table(["task", "episodes", "return (mean ± std)", "random", "expert", "normalized",
+                         "human-normalized", "prompted"], _task_rows(report["tasks"]))
+        lines += ["Summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(report.get("summary", {}).items())), ""]
+    if "captions" in report:
+        c = report["captions"]
+        lines += ["## Captions (held-out split, greedy, exact match)", ""]
+        lines += _table(["examples", "accuracy", "novel scenes", "not novel"],
+                        [[c["examples"], _fmt(c["accuracy"], 3), _fmt(c.get("novel_accuracy"), 3),
+                          _fmt(c.get("seen_accuracy"), 3)]])
+    if "text" in report:
+        t = report["text"]
+        lines += ["## Text (held-out works)", ""]
+        lines += _table(["windows", "tokens", "perplexity", "unigram baseline"],
+                        [[t["windows"], t["tokens"], _fmt(t["perplexity"]), _fmt(t.get("unigram_perplexity"))]])
+    return "\n".join(lines)
+
+
+def write_chart(path: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
+    """Bar chart of expert-normalised scores with lines at 0.5 and 1.0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = sorted(tasks)
+    scores = [tasks[n]["normalized"] for n in names]
+    known = [s is not None and math.isfinite(s) for s in scores]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.5))
+    bars = ax.bar(range(len(names)), [s if k else 0.0 for s, k in zip(scores, known)], color="tab:blue")
+    ax.bar_label(bars, [f"{s:.2f}" if k else "n/a" for s, k in zip(scores, known)], fontsize=8)
+    for level, style in ((0.5, "--"), (1.0, "-")):
+        ax.axhline(level, color="grey", linestyle=style, linewidth=1)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("expert-normalised score")
+    ax.set_title("Gato evaluation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _even_frames(frames: Sequence[np.ndarray], multiple: int = 16) -> list[np.ndarray]:
+    """Pads every frame (with black) to sides that are multiples of 16, as H.264 wants."""
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    return [np.pad(f, ((0, h - f.shape[0]), (0, w - f.shape[1]), (0, 0))) for f in frames]
+
+
+def write_video(path_without_ext: str, frames: Sequence[np.ndarray], fps: int = 30) -> str | None:
+    """An MP4 (imageio-ffmpeg) or, without ffmpeg, a GIF of the frames; the path written, None if no frames."""
+    import imageio.v2 as imageio
+
+    if not frames:
+        return None
+    frames = _even_frames([np.asarray(f, np.uint8) for f in frames])
+    try:
+        import imageio_ffmpeg  # noqa: F401
+
+        path = f"{path_without_ext}.mp4"
+        with warnings.catch_warnings():  # ffmpeg runs as a subprocess: fork + exec, which JAX's fork warning misreads.
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    except ImportError:
+        path = f"{path_without_ext}.gif"
+        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
+    return path
+
+
+def write_report(out_dir: str, report: dict[str, Any]) -> dict[str, str]:
+    """report.json, report.md and (with control tasks) the chart, in `out_dir`.
+
+    Their paths are returned and also recorded in the report itself, under "files".
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, REPORT_JSON), "md": os.path.join(out_dir, REPORT_MD)}
+    if report.get("tasks"):
+        paths["png"] = os.path.join(out_dir, CHART_PNG)
+        write_chart(paths["png"], _finite(report["tasks"]))
+    report["files"] = paths
+    with open(paths["md"], "w") as f:
+        f.write(markdown(_finite(report)))
+    write_json(paths["json"], report)
+    return paths

@@ -1,0 +1,404 @@
+"""Rollouts: valid action ids, one compile, cache == full forward (prompted, ring, resets), evaluation files.
+
+A tiny model with random weights is saved as a real checkpoint (train state + metadata as the trainer
+writes it) once per process (`tiny_checkpoint`, shared with sample_test). The environment is a small
+deterministic corridor written here, with TaskSpec-shaped observations (an image, discrete and
+continuous fields) and actions of both kinds.
+
+Array key: B = batch, T = tokens, V = vocabulary, A = action tokens.
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import functools
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gato_jax import configs
+from gato_jax.load import abstract_train_state, load_checkpoint, one_device_mesh
+from gato_jax.model import cache as cache_lib
+from gato_jax.rollout import agent as agent_lib
+from gato_jax.rollout import bench, report
+from gato_jax.rollout import evaluate as eval_lib
+from gato_jax.rollout.agent import Agent, demonstration_prompts
+from gato_jax.rollout.envs import EnvBatch, run_episodes
+from gato_jax.tokenizers import sequence as seq_lib
+from gato_jax.tokenizers.sequence import Modality, TokenSequence
+from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
+from gato_jax.tokenizers.text import TextTokenizer
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train import loop
+from gato_jax.train import state as state_lib
+from gato_jax.train.checkpoint import Checkpointer
+from gato_jax.train.data import TrainData
+
+LAYOUT = VocabLayout(text_size=64, num_continuous_bins=32, num_discrete=32)
+TASK = "toy_corridor"
+SPEC = TaskSpec(
+    name=TASK,
+    observation=(FieldSpec("frame", FieldKind.IMAGE, (16, 16, 1)),
+                 FieldSpec("pos", FieldKind.DISCRETE, (2,), num_values=8),
+                 FieldSpec("speed", FieldKind.CONTINUOUS, ())),
+    action=(FieldSpec("move", FieldKind.DISCRETE, (), num_values=3),
+            FieldSpec("push", FieldKind.CONTINUOUS, (2,), companded=False, scale=2.0)),
+)
+SEQ_LEN = 64  # The cache: 8 timesteps of 8 tokens; prompts up to 4 timesteps.
+B = 2
+
+
+class Corridor(gymnasium.Env):
+    """Walk right from a seeded start to cell 7 (+1, ends the episode); -0.1 per step otherwise."""
+
+    GOAL = 7
+
+    def __init__(self, max_steps: int = 100):
+        self.max_steps = max_steps
+        self.observation_space = gymnasium.spaces.Dict({
+            "frame": gymnasium.spaces.Box(0, 255, (16, 16, 1), np.uint8),
+            "pos": gymnasium.spaces.MultiDiscrete([8, 8]),
+            "speed": gymnasium.spaces.Box(-1.0, 1.0, (), np.float32)})
+        self.action_space = gymnasium.spaces.Discrete(3)
+
+    def _obs(self) -> dict:
+        frame = np.zeros((16, 16, 1), np.uint8)
+        frame[:, 2 * self.x:2 * self.x + 2] = 255
+        return {"frame": frame, "pos": np.array([self.x, self.GOAL]), "speed": np.float32(self.speed)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.speed, self.t = int(self.np_random.integers(0, 4)), 0.0, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.speed = float(int(action) - 1)
+        self.x = int(np.clip(self.x + int(action) - 1, 0, self.GOAL))
+        self.t += 1
+        done = self.x == self.GOAL
+        return self._obs(), 1.0 if done else -0.1, done, self.t >= self.max_steps, {}
+
+
+def corridor_episode(start: int, length: int) -> dict:
+    """A demonstration in dataset layout: walk right (move=2) for `length` steps."""
+    xs = np.clip(start + np.arange(length), 0, 7)
+    frames = np.zeros((length, 16, 16, 1), np.uint8)
+    for i, x in enumerate(xs):
+        frames[i, :, 2 * x:2 * x + 2] = 255
+    return {"steps": {"observation": {"frame": frames, "pos": np.stack([xs, np.full(length, 7)], 1),
+                                      "speed": np.ones(length, np.float32)},
+                      "action": {"move": np.full(length, 2), "push": np.zeros((length, 2), np.float32)}}}
+
+
+TASK_HOOKS = eval_lib.TaskHooks(
+    make_env=lambda name, *, sticky_actions, max_steps, seed: Corridor(max_steps),
+    action_to_env=lambda name, action: int(action["move"]),
+    load_episodes=lambda data_dir, name, split: [corridor_episode(0, 7), corridor_episode(2, 5)],
+    load_metadata=lambda data_dir, name: {"expert_return": 0.5, "random_return": -2.0},
+)
+
+
+def tiny_config():
+    c = configs.base_config()
+    c.model = configs.model_config("tiny")
+    c.seq_len, c.batch_size, c.num_train_steps = SEQ_LEN, 2, 10
+    c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
+    c.vocab.text_size, c.vocab.num_continuous_bins, c.vocab.num_discrete = 64, 32, 32
+    c.data.text_vocab_size = 64
+    c.data.mixture = {TASK: 0.5, "text": 0.25, "captions": 0.25}
+    c.eval.episodes, c.eval.num_envs, c.eval.max_steps = 3, B, 12
+    c.eval.caption_examples, c.eval.text_batches = 3, 2
+    return c
+
+
+def caption_examples(n: int = 3) -> list[dict]:
+    from data_pipelines import captions
+
+    scenes = [captions.Scene(1, "red", "triangle", "left"), captions.Scene(2, "green", "circle", "top"),
+              captions.Scene(3, "white", "square", "bottom")][:n]
+    rng = np.random.default_rng(0)
+    return [{"image": captions.draw_scene(s, 32, rng), "caption": captions.caption(s), "novel": s.novel}
+            for s in scenes]
+
+
+TEXT = ["to be or not to be that is the question", "whether tis nobler in the mind to suffer",
+        "the slings and arrows of outrageous fortune", "or to take arms against a sea of troubles",
+        "and by opposing end them to die to sleep", "no more and by a sleep to say we end",
+        "the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs"]
+DATA_HOOKS = eval_lib.DataHooks(load_captions=lambda data_dir, split: caption_examples(),
+                                load_text_split=lambda data_dir, split: TEXT,
+                                unigram_baseline=lambda data_dir, vocab_size: 50.0)
+
+
+def train_tokenizer(directory: str) -> TextTokenizer:
+    from data_pipelines import captions
+
+    corpus = os.path.join(directory, "corpus.txt")
+    with open(corpus, "w") as f:
+        f.write("\n".join(captions.caption_training_text(400) + TEXT * 20))
+    return TextTokenizer.train(corpus, LAYOUT.text_size, os.path.join(directory, "spm"))
+
+
+def random_state(config, seed: int = 0) -> state_lib.TrainState:
+    """A TrainState of the trainer's structure with random parameters, made from shapes alone.
+
+    `state_lib.build` would compile the random initialisers (~15 s for the tiny preset on a loaded
+    2-core machine); the slow test below checks that a checkpoint from `build` loads the same way.
+    """
+    _, _, abstract = abstract_train_state(config, LAYOUT.padded_size, one_device_mesh())
+    rng = np.random.default_rng(seed)
+
+    def fill(x):
+        value = rng.normal(0.0, 0.3, x.shape) if jnp.issubdtype(x.dtype, jnp.floating) else np.zeros(x.shape)
+        return jax.device_put(value.astype(x.dtype), x.sharding)
+
+    return jax.tree.map(fill, abstract)
+
+
+def save_checkpoint(workdir: str, config, state, tokenizer: TextTokenizer | None, layout: VocabLayout = LAYOUT,
+                    step: int = 1) -> None:
+    """Saves `state` with the metadata training writes (loop.checkpoint_meta over the stream's meta)."""
+    meta = {"task_specs": {TASK: SPEC.to_json()}, "data_dir": workdir, "mixture": dict(config.data.mixture),
+            "text_tokenizer": tokenizer and base64.b64encode(tokenizer.model_proto_bytes()).decode("ascii")}
+    data = TrainData(layout=layout, train_iter=None, eval_batches=list, meta=meta)
+    Checkpointer(workdir).save(step, state, {}, loop.checkpoint_meta(config, data))
+
+
+@functools.cache
+def tiny_checkpoint() -> tuple[str, state_lib.TrainState, TextTokenizer]:
+    """(workdir, state, tokenizer): random weights saved at step 1, once per test process."""
+    workdir = tempfile.mkdtemp(prefix="gato_rollout_")
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    tokenizer = train_tokenizer(workdir)
+    state = random_state(tiny_config())
+    save_checkpoint(workdir, tiny_config(), state, tokenizer)
+    return workdir, state, tokenizer
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_checkpoint(tiny_checkpoint()[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def test_load_restores_params_layout_specs_and_tokenizer(loaded):
+    _, state, _ = tiny_checkpoint()
+    params = nnx.split(loaded.model, nnx.Param, ...)[1]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert loaded.layout == LAYOUT and loaded.task_specs == {TASK: SPEC} and loaded.step == 1
+    assert loaded.tokenizer.vocab_size == LAYOUT.text_size and loaded.config.seq_len == SEQ_LEN
+
+
+@pytest.mark.slow
+def test_checkpoint_written_from_build_loads(tmp_path):
+    """The fast fixture fakes the state from shapes; this saves one from `state.build`, as training does."""
+    config = tiny_config()
+    _, state = state_lib.build(config, LAYOUT.padded_size, one_device_mesh())
+    save_checkpoint(str(tmp_path), config, state, tiny_checkpoint()[2], step=7)
+    loaded = load_checkpoint(str(tmp_path))
+    params = nnx.split(loaded.model, nnx.Param, ...)[1]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert loaded.step == 7
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Acting.
+
+
+def test_action_tokens_follow_the_spec():
+    tokens = agent_lib.action_tokens(SPEC, LAYOUT)
+    d, c = LAYOUT.discrete_offset, LAYOUT.continuous_range
+    assert tokens.lo_A.tolist() == [d, c[0], c[0]] and tokens.hi_A.tolist() == [d + 3, c[1], c[1]]
+    assert tokens.modality_A.tolist() == [Modality.DISCRETE, Modality.CONTINUOUS, Modality.CONTINUOUS]
+
+
+def _prompt(agent: Agent) -> TokenSequence:
+    episodes = TASK_HOOKS.load_episodes("", TASK, "test")
+    return demonstration_prompts(SPEC, LAYOUT, episodes, agent.max_prompt_tokens, B, np.random.default_rng(0))
+
+
+def test_demonstration_prompts_are_episode_ends_in_whole_timesteps(loaded):
+    agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN)
+    prompt = _prompt(agent)
+    assert agent.max_prompt_tokens == 32 and prompt.tokens.shape == (B, 32)
+    assert not prompt.loss_mask.any()
+    seps = prompt.tokens == LAYOUT.separator_id
+    assert (seps.sum(1) == 4).all()  # Four timesteps of 8 tokens each.
+    moves = prompt.tokens[:, 5::8] - LAYOUT.discrete_offset
+    assert (moves == 2).all()  # The demonstrations' last actions: walk right.
+
+
+def test_agent_samples_valid_ids_and_compiles_once(loaded):
+    """30 steps over a ring that wraps several times, random row resets, a fresh cache and a prompted
+    one: at most one trace of the act step (none if an earlier test compiled these shapes)."""
+    agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN, temperature=3.0)
+    envs = [Corridor() for _ in range(B)]
+    observations = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    key, rng, traces, ids = jax.random.key(0), np.random.default_rng(0), agent_lib.TRACES["act"], []
+    for step in range(30):
+        if step in (0, 15):
+            cache = agent.initial_cache(None if step == 0 else _prompt(agent))
+        key, act_key = jax.random.split(key)
+        reset_B = rng.random(B) < 0.2
+        observations = [env.reset(seed=step)[0] if r else o for env, o, r in zip(envs, observations, reset_B)]
+        cache, out = agent.act(cache, agent.observe(observations), reset_B, act_key)
+        ids.append(np.asarray(out.action_ids_BxA))
+        for env, action in zip(envs, agent.decode_actions(out.action_ids_BxA)):
+            env.step(int(action["move"]))
+    assert agent_lib.TRACES["act"] - traces <= 1
+    ids_NxBxA = np.stack(ids)
+    tokens = agent.actions
+    assert ((ids_NxBxA >= tokens.lo_A) & (ids_NxBxA < tokens.hi_A)).all()
+    assert len(np.unique(ids_NxBxA[..., 0])) == 3  # All three moves sampled at a high temperature.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(graphdef, params, seq: TokenSequence, mask=None, distance=None) -> jax.Array:
+    """The full forward pass, compiled once per shape for every test that uses it."""
+    return nnx.merge(graphdef, params)(seq, mask=mask, distance=distance)
+
+
+def _action_history(ids_BxA: np.ndarray, modality_A: np.ndarray, patch_dim: int) -> TokenSequence:
+    """The sampled action tokens as `tokenize_episode` lays them out."""
+    rows = []
+    for ids_A in ids_BxA:
+        seq = seq_lib.empty(len(ids_A), int(np.sqrt(patch_dim // 3)))
+        rows.append(seq._replace(tokens=ids_A.astype(np.int32), modality=modality_A.astype(np.int32),
+                                 local_pos=np.full(len(ids_A), seq_lib.ACTION_LOCAL_POS, np.int32),
+                                 segment_ids=np.ones(len(ids_A), np.int32)))
+    return seq_lib.stack(rows)
+
+
+def _visible_mask(writes: int, prompt: int, ring: int, episode_start_BxW: np.ndarray) -> np.ndarray:
+    """bool [B, W, W]: what the ring cache shows token q: causal, the pinned prompt, and the tokens of
+    q's own episode still inside the ring window."""
+    q, k = np.arange(writes)[:, None], np.arange(writes)[None, :]
+    causal = k <= q
+    in_ring = (q - k < ring) & (k >= episode_start_BxW[:, :, None])
+    return causal[None] & ((k < prompt)[None] | in_ring)
+
+
+@pytest.mark.parametrize("prompted", [True, False])
+def test_cached_action_logits_equal_full_forward(loaded, prompted):
+    """Acting over the ring cache (with wraps and a reset per row) sees exactly what a full forward pass
+    over the same token history sees under the equivalent attention mask and ALiBi distances."""
+    agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN)
+    prompt = _prompt(agent) if prompted else None
+    cache = agent.initial_cache(prompt)
+    p = 0 if prompt is None else prompt.length
+    history, starts, logits, action_writes = ([] if prompt is None else [prompt]), [], [], []
+    start_B, written = np.zeros(B, int), p
+    envs = [Corridor() for _ in range(B)]
+    observations = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    key = jax.random.key(1)
+    for step in range(14 if prompted else 18):  # The same history length (and compile) either way.
+        reset_B = np.array([step == 5, step == 9])
+        start_B = np.where(reset_B, written, start_B)
+        obs = agent.observe(observations)
+        key, act_key = jax.random.split(key)
+        cache, out = agent.act(cache, obs, reset_B, act_key)
+        a = out.action_ids_BxA.shape[1]
+        chunk_len = obs.length + a
+        history += [obs, _action_history(np.asarray(out.action_ids_BxA), agent.actions.modality_A, obs.patch_dim)]
+        starts.append(np.repeat(start_B[:, None], chunk_len, 1))
+        logits.append(np.asarray(out.logits_BxAxV))
+        action_writes.append(written + obs.length - 1 + np.arange(a))  # Positions predicting each action token.
+        written += chunk_len
+        observations = [env.reset(seed=step)[0] if reset_B[i] else env.step(int(act["move"]))[0]
+                        for i, (env, act) in enumerate(zip(envs, agent.decode_actions(out.action_ids_BxA)))]
+    seq = TokenSequence(*(np.concatenate(fields, axis=1) for fields in zip(*history)))
+    start_BxW = np.concatenate([np.zeros((B, p), int)] + starts, axis=1)
+    mask = _visible_mask(written, p, SEQ_LEN - p, start_BxW)
+    distance = cache_lib.pinned_prefix_distance(mask, p)  # ALiBi: the prompt sits right before the episode.
+    graphdef, params = nnx.split(loaded.model)
+    full_BxTxV = np.asarray(forward(graphdef, params, seq, mask, distance))
+    expected = full_BxTxV[:, np.concatenate(action_writes)]
+    got = np.concatenate(logits, axis=1)
+    assert written - p > 1.5 * (SEQ_LEN - p)  # The ring wrapped.
+    np.testing.assert_allclose(got, expected, atol=2e-4 * np.abs(expected).max())
+
+
+def test_run_episodes_counts_seeded_episodes(loaded):
+    agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN, temperature=0.0)
+    make = lambda seed: Corridor(max_steps=9)
+    results = []
+    for _ in range(2):
+        envs = EnvBatch(make, lambda a: int(a["move"]), SPEC, num_envs=B, num_episodes=3, max_steps=6, seed=4,
+                        record_first=True)
+        results.append(run_episodes(agent, envs, jax.random.key(0), progress=False))
+    result = results[0]
+    assert [e.index for e in result.episodes] == [0, 1, 2]
+    assert all(1 <= e.length <= 6 for e in result.episodes)
+    assert len(result.frames) == result.episodes[0].length + 1 and result.frames[0].shape == (160, 160, 3)
+    assert [e.ret for e in results[1].episodes] == [e.ret for e in result.episodes]  # Greedy and seeded.
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scores and the evaluation report.
+
+
+def test_normalized_scores():
+    assert report.normalized_score(5.0, 1.0, 9.0) == 0.5
+    assert math.isnan(report.normalized_score(1.0, 2.0, 2.0))
+    refs = report.References(random=-20.7, expert=21.0, human=14.6, human_random=-20.7)
+    entry = report.task_scores([-20.7, 21.0], refs, prompted=False)
+    assert entry["return_mean"] == pytest.approx(0.15) and entry["return_std"] == pytest.approx(20.85)
+    assert entry["normalized"] == pytest.approx(0.5) and entry["human_normalized"] == pytest.approx(20.85 / 35.3)
+    assert "human_normalized" not in report.task_scores([1.0], report.References(0.0, 2.0), prompted=True)
+    tasks = {"a": {"normalized": 0.4}, "b": {"normalized": 0.9}, "c": {"normalized": 1.2}}
+    s = report.summary(tasks)
+    assert (s["tasks_at_50pct"], s["tasks_at_80pct"], s["tasks_at_100pct"]) == (2, 2, 1)
+    assert s["mean_normalized"] == pytest.approx(2.5 / 3)
+
+
+def test_references_read_dataset_metadata():
+    meta = {"expert_return": 20.0, "random_return": -21.0, "reference_scores": {"random": -20.7, "human": 14.6}}
+    assert eval_lib.references("atari_pong", meta) == report.References(-21.0, 20.0, 14.6, -20.7)
+    assert eval_lib.references("control_reacher", {"expert_return": -4.0, "random_return": -43.0,
+                                                   "reference_scores": {}}).human is None
+    with pytest.raises(ValueError, match="make data"):
+        eval_lib.references("x", {"expert_return": 1.0})
+
+
+def test_evaluate_writes_report_chart_and_video(tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_lib, "CAPTION_BATCH", 1)  # Shares the sampler's compiles with sample_test.
+    workdir = tiny_checkpoint()[0]
+    config = tiny_config()
+    config.data.dir = str(tmp_path)
+    result = eval_lib.evaluate(config, workdir, task_hooks=TASK_HOOKS, data_hooks=DATA_HOOKS, progress=False)
+    out = os.path.join(workdir, "eval")
+    with open(os.path.join(out, "report.json")) as f:
+        saved = json.load(f)
+    task = saved["tasks"][TASK]
+    for key in ("episodes", "return_mean", "return_std", "random", "expert", "normalized", "prompted", "video"):
+        assert key in task
+    assert task["episodes"] == 3 and task["prompted"] is True and (task["random"], task["expert"]) == (-2.0, 0.5)
+    assert task["normalized"] == pytest.approx((task["return_mean"] + 2.0) / 2.5)
+    assert os.path.getsize(os.path.join(out, task["video"])) > 0
+    assert saved["captions"]["examples"] == 3 and saved["captions"]["novel_examples"] == 1
+    assert 0 <= saved["captions"]["accuracy"] <= 1
+    assert saved["text"]["perplexity"] > 1 and saved["text"]["unigram_perplexity"] == 50.0
+    assert os.path.getsize(os.path.join(out, "normalized_scores.png")) > 0
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert f"| {TASK} | 3 |" in md and "Captions" in md and "Text" in md
+    assert result["tasks"][TASK]["episodes"] == 3
+
+
+def test_measure_acting(loaded):
+    speed = bench.measure_acting(loaded, TASK, num_envs=B, steps=3, hooks=TASK_HOOKS)
+    assert speed.tokens_per_s > 0 and speed.agent_env_steps_per_s > 0 and speed.raw_env_steps_per_s > 0
