@@ -24,7 +24,6 @@ def _set_fake_devices(argv: list[str]) -> None:
 
 _set_fake_devices(sys.argv)
 
-import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
