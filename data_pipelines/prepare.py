@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+_LOG = logging.getLogger(__name__)
+
 TEXT_SOURCES = ("text",)
 CAPTION_SOURCES = ("captions",)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,7 @@ def prepare_all(config: ml_collections.ConfigDict) -> str:
             name, root, episodes=config.data.episodes_per_task, max_steps=config.data.max_episode_steps,
             frame_size=config.data.frame_size, seed=config.seed,
             min_return_fraction=config.data.min_return_fraction)
-    logging.info("Data ready in %s", root)
+    _LOG.info("Data ready in %s", root)
     return root
 
 
@@ -56,7 +58,9 @@ def caption_settings(config: ml_collections.ConfigDict) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    from gato_jax.logs import quiet_libraries
+
+    quiet_libraries()
     print(prepare_all(_CONFIG.value))
 
 

@@ -18,7 +18,6 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from gato_jax import configs
 from gato_jax.model import Gato, flops_per_token
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence, patch_dim_for
 from gato_jax.tokenizers.vocab import VocabLayout
@@ -27,7 +26,8 @@ from gato_jax.train.loss import next_token_loss
 
 _ONLY = flags.DEFINE_list("only", [], "Benchmarks to run (default: all).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (the median is reported).")
-_EXPERIMENT = flags.DEFINE_string("experiment", "experiments/atari_mix.py", "Config whose model and batch are benchmarked.")
+_EXPERIMENT = flags.DEFINE_string("experiment", "experiments/atari_mix.py",
+                                  "Config whose model and batch are benchmarked.")
 _OUT = flags.DEFINE_string("out", "runs/bench/results.json", "Where the results JSON goes.")
 
 
@@ -81,7 +81,8 @@ def bench_train_step(config, repeats: int) -> dict:
     layout = layout_for(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
-    batch = jax.tree.map(jnp.asarray, atari_like_batch(layout, config.batch_size, config.seq_len, config.model.patch_size))
+    batch = atari_like_batch(layout, config.batch_size, config.seq_len, config.model.patch_size)
+    batch = jax.tree.map(jnp.asarray, batch)
     tx = make_optimizer(config.optimizer, config.num_train_steps)
     opt_state = tx.init(params)
     key = jax.random.key(0)

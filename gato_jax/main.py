@@ -4,10 +4,10 @@ Parses flags and hands over: data preparation (when missing) and `train_and_eval
 """
 from __future__ import annotations
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
+
+from gato_jax.logs import quiet_libraries
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/NAME.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard.")
@@ -17,7 +17,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    quiet_libraries()
     config = _CONFIG.value
     if _PREPARE.value:
         from data_pipelines import prepare

@@ -11,6 +11,7 @@ Where environments, demonstrations and reference scores come from is injected (`
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,8 @@ EVAL_DIR = "eval"
 CAPTION_BATCH = 32  # Captions decoded together.
 CAPTION_MAX_TOKENS = 24  # Scene captions are ~6-10 pieces; a caption that runs on is wrong anyway.
 TEXT_BATCH = 4  # Text windows scored per forward pass.
+
+_LOG = logging.getLogger(__name__)
 
 
 class TaskHooks(NamedTuple):
@@ -147,13 +150,25 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
                     num_episodes=settings.episodes, max_steps=settings.max_steps, seed=settings.seed, record_first=True)
     prompt = None
     if settings.prompted:
-        demos = hooks.load_episodes(data_dir, name, "test")
+        demos = _demonstrations(hooks, data_dir, name)
         prompt = demonstration_prompts(agent.spec, loaded.layout, demos, agent.max_prompt_tokens, num_envs,
                                        np.random.default_rng(settings.seed))
     try:
         return run_episodes(agent, envs, key, prompt, progress=progress, desc=name)
     finally:
         envs.close()
+
+
+def _demonstrations(hooks: TaskHooks, data_dir: str, name: str):
+    """Held-out episodes for prompts; a dataset too small to hold any out prompts from its training split."""
+    try:
+        demos = hooks.load_episodes(data_dir, name, "test")
+        if len(demos):
+            return demos
+    except ValueError:
+        pass
+    _LOG.warning("%s has no held-out episodes; prompting with training episodes.", name)
+    return hooks.load_episodes(data_dir, name, "train")
 
 
 def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,

@@ -118,7 +118,7 @@ class TaskSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TaskSpec":
+    def from_json(cls, text: str) -> TaskSpec:
         raw = json.loads(text)
         fields = lambda items: tuple(FieldSpec(**{**f, "shape": tuple(f["shape"])}) for f in items)
         return cls(name=raw["name"], observation=fields(raw["observation"]), action=fields(raw["action"]),

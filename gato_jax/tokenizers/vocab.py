@@ -76,7 +76,7 @@ class VocabLayout:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "VocabLayout":
+    def from_json(cls, text: str) -> VocabLayout:
         fields = json.loads(text)
         fields["specials"] = tuple(fields["specials"])
         return cls(**fields)

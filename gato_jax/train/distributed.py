@@ -7,6 +7,8 @@ import os
 import jax
 import ml_collections
 
+_LOG = logging.getLogger(__name__)
+
 _CLUSTER_ENV = {
     "SLURM": ("SLURM_JOB_ID", "SLURM_NTASKS"),  # jax detects SLURM's coordinator itself.
     "TPU": ("TPU_WORKER_HOSTNAMES",),  # Cloud TPU pods: jax reads the metadata server.
@@ -37,5 +39,5 @@ def maybe_initialize(cfg: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize()
     else:
         return
-    logging.info("jax.distributed: process %d of %d, %d global devices",
+    _LOG.info("jax.distributed: process %d of %d, %d global devices",
                  jax.process_index(), jax.process_count(), jax.device_count())

@@ -29,6 +29,8 @@ from gato_jax.train.loss import reduce_metrics
 from gato_jax.train.metrics_writer import MetricsWriter
 from gato_jax.train.optim import make_schedule
 
+_LOG = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN or inf; the last good checkpoint is kept."""
@@ -47,7 +49,7 @@ class _StopFlag:
             pass
 
     def _set(self, signum, frame):
-        logging.warning("Signal %d: saving a checkpoint and stopping.", signum)
+        _LOG.warning("Signal %d: saving a checkpoint and stopping.", signum)
         self.requested = True
 
 
@@ -76,7 +78,7 @@ def restore_or_init(config, data: TrainData, workdir: str, mesh):
         _check_layout(checkpointer.restore_meta(), data.layout, checkpointer.directory)
         state, data_state, _ = checkpointer.restore(state_lib.abstract_state(fns, state))
         data.train_iter.set_state(data_state)
-        logging.info("Resumed from step %d in %s", int(state.step), checkpointer.directory)
+        _LOG.info("Resumed from step %d in %s", int(state.step), checkpointer.directory)
     return fns, state, checkpointer
 
 
@@ -201,7 +203,7 @@ def _run(config, workdir, data: TrainData, fns, state, checkpointer: Checkpointe
             if must_save or stop.requested:
                 checkpointer.save(step + 1, state, data_state, meta)
             if stop.requested:
-                logging.warning("Stopped by signal after step %d; rerun to resume.", step + 1)
+                _LOG.warning("Stopped by signal after step %d; rerun to resume.", step + 1)
                 break
         if pending is not None:
             reporter.report(*pending)
