@@ -2,7 +2,7 @@
 
 Each benchmark measures its ratio side by side in this one process, taking the median of several
 repeats, because these machines are noisy: absolute times move from run to run, ratios much less.
-Run one with `--only NAME` (names: train_step, decode, stream, acting).
+Run some with `--only NAME,...` (names: train_step, stream, decode, acting).
 """
 from __future__ import annotations
 
@@ -147,7 +147,34 @@ def bench_stream(config, repeats: int, train_result: dict | None = None) -> dict
             "inputs": {"model": config.model.preset, "batch": config.batch_size, "context": config.seq_len}}
 
 
-BENCHMARKS: dict[str, Callable] = {"train_step": bench_train_step, "decode": bench_decode, "stream": bench_stream}
+def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int = 8) -> dict:
+    """Batched acting on a real env: tokens/s during rollouts over a plain batched forward pass's tokens/s,
+    and env steps/s with the agent in the loop over raw vector-env steps/s (random actions)."""
+    from data_pipelines.tasks import task_spec
+    from gato_jax.load import Loaded
+    from gato_jax.rollout.bench import measure_acting
+
+    layout = layout_for(config)
+    model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
+    spec = task_spec(task, frame_size=config.data.frame_size, patch_size=config.model.patch_size)
+    loaded = Loaded(model, config, layout, {task: spec}, None, 0, {})
+    speeds = [measure_acting(loaded, task, num_envs=num_envs, steps=60, seed=i) for i in range(max(1, repeats // 2))]
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    batch = jax.tree.map(jnp.asarray, atari_like_batch(layout, num_envs, config.seq_len, config.model.patch_size))
+    t_forward = median_time(lambda: forward(state, batch).block_until_ready(), repeats)
+    forward_tokens_per_s = num_envs * config.seq_len / t_forward
+    acting_tokens = statistics.median(s.tokens_per_s for s in speeds)
+    agent_steps = statistics.median(s.agent_env_steps_per_s for s in speeds)
+    raw_steps = statistics.median(s.raw_env_steps_per_s for s in speeds)
+    return {"acting_efficiency": acting_tokens / forward_tokens_per_s, "rollout_over_raw_env": agent_steps / raw_steps,
+            "acting_tokens_per_s": acting_tokens, "forward_tokens_per_s": forward_tokens_per_s,
+            "agent_env_steps_per_s": agent_steps, "raw_env_steps_per_s": raw_steps,
+            "inputs": {"model": config.model.preset, "batch": num_envs, "context": config.seq_len, "task": task}}
+
+
+BENCHMARKS: dict[str, Callable] = {
+    "train_step": bench_train_step, "stream": bench_stream, "decode": bench_decode, "acting": bench_acting}
 
 
 def format_table(results: dict) -> str:
