@@ -99,6 +99,10 @@ def test_checkpoint_restores_onto_another_mesh(straight_run):
     checkpointer = Checkpointer(workdir)
     restored, data_state, meta = checkpointer.restore(state_lib.abstract_state(fns, state))
     assert int(restored.step) == 40 and data_state == {"index": 40}
+    adam = restored.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState.
+    for param, moment in zip(jax.tree.leaves(restored.params), jax.tree.leaves(adam.mu)):
+        assert moment.sharding.is_equivalent_to(param.sharding, param.ndim)  # Moments follow parameters.
+    assert any(not p.sharding.is_fully_replicated for p in jax.tree.leaves(restored.params))
     assert VocabLayout.from_json(meta["layout"]) == LAYOUT
     one_fns, one_state = state_lib.build(config, LAYOUT.padded_size, one_device_mesh())
     on_one, _, _ = checkpointer.restore(state_lib.abstract_state(one_fns, one_state))

@@ -56,7 +56,6 @@ def _opt_state_shardings(tx, abstract_opt_state, params_shardings, mesh: Mesh):
     return optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt_state, params_shardings,
         transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, nnx.VariableState) if hasattr(nnx, "VariableState") else False,
     )
 
 
