@@ -1,0 +1,204 @@
+"""Control tasks by name: their gymnasium environments, token specs, and reference scores.
+
+Decisions [D] (GATO_SPEC.md leaves them open):
+- Atari uses ALE v5 (frameskip 4, no frame max-pooling) with the game's *minimal* action set (Pong 6,
+  Breakout 4, Boxing 18, Freeway 3 actions): fewer invalid actions for a small model to learn, and the
+  set is recorded in the spec (num_values) and in each dataset's metadata (action meanings).
+- Atari observations: ALE grayscale (210x160), resized with PIL's area filter to frame_size x
+  frame_size, one uint8 channel, no frame stacking (the transformer sees earlier frames in context).
+- Recording uses sticky actions 0 (repeat_action_probability); evaluation uses 0.25 (ALE v5 default).
+- MuJoCo tasks observe the raw state vector ('state', mu-law companded) and act with 'action' scaled
+  by the action bound, so tokenized actions live in [-1, 1].
+- A task's episode ends at the step cap `max_steps` (truncation) or at its native limit when shorter
+  (Reacher-v5 episodes are 50 steps: one target per episode).
+
+Every env returned here emits observations already in the spec's format ({'frame': uint8 [H, W, 1]} or
+{'state': float32 [D]}) and takes what `action_to_env` returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gymnasium
+import numpy as np
+from PIL import Image
+
+from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
+
+RECORD_STICKY_ACTIONS = 0.0  # repeat_action_probability when recording demonstrations.
+EVAL_STICKY_ACTIONS = 0.25  # repeat_action_probability when scoring (ALE v5 default).
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One registered control task."""
+
+    name: str  # Registry key, also the TaskSpec name and the dataset directory name.
+    env_id: str  # gymnasium id.
+    kind: str  # "atari" or "mujoco".
+    action_meanings: tuple[str, ...] = ()  # Atari minimal action set, in index order.
+    random_score: float | None = None  # Published random-agent score (full game), Atari only.
+    human_score: float | None = None  # Published human score (full game), Atari only.
+    native_max_steps: int | None = None  # The env's own step limit, kept when shorter than the cap.
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("atari_pong", "ALE/Pong-v5", "atari",
+         ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"), -20.7, 14.6),
+    Task("atari_breakout", "ALE/Breakout-v5", "atari", ("NOOP", "FIRE", "RIGHT", "LEFT"), 1.7, 30.5),
+    Task("atari_boxing", "ALE/Boxing-v5", "atari",
+         ("NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT", "DOWNRIGHT", "DOWNLEFT",
+          "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE", "UPRIGHTFIRE", "UPLEFTFIRE", "DOWNRIGHTFIRE",
+          "DOWNLEFTFIRE"), 0.1, 12.1),
+    Task("atari_freeway", "ALE/Freeway-v5", "atari", ("NOOP", "UP", "DOWN"), 0.0, 29.6),
+    Task("control_pendulum", "InvertedPendulum-v5", "mujoco", native_max_steps=1000),
+    Task("control_reacher", "Reacher-v5", "mujoco", native_max_steps=50),
+)}
+
+# MuJoCo shapes, so specs need no simulator: (observation dim, action dim, action bound).
+_MUJOCO_SHAPES = {"control_pendulum": (4, 1, 3.0), "control_reacher": (10, 2, 1.0)}
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"Unknown control task {name!r}; registered tasks: {task_names()}.")
+    return TASKS[name]
+
+
+def reference_scores(name: str) -> dict[str, float]:
+    """Published full-game random and human scores (Atari); empty for tasks without them."""
+    task = get_task(name)
+    if task.human_score is None:
+        return {}
+    return {"random": task.random_score, "human": task.human_score}
+
+
+def task_spec(name: str, frame_size: int = 80, patch_size: int = 16) -> TaskSpec:
+    """The token spec of a task's observations and actions (see the module docstring)."""
+    task = get_task(name)
+    if task.kind == "atari":
+        observation = (FieldSpec("frame", FieldKind.IMAGE, (frame_size, frame_size, 1)),)
+        action = (FieldSpec("action", FieldKind.DISCRETE, (), num_values=len(task.action_meanings)),)
+    else:
+        obs_dim, act_dim, bound = _MUJOCO_SHAPES[name]
+        observation = (FieldSpec("state", FieldKind.CONTINUOUS, (obs_dim,), companded=True),)
+        action = (FieldSpec("action", FieldKind.CONTINUOUS, (act_dim,), companded=False, scale=bound),)
+    return TaskSpec(name=name, observation=observation, action=action, patch_size=patch_size)
+
+
+def episode_limit(name: str, max_steps: int) -> int:
+    """Steps after which an episode is truncated: the cap, or the env's own limit when shorter."""
+    native = get_task(name).native_max_steps
+    return min(max_steps, native) if native else max_steps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Environments.
+
+
+class AtariFrame(gymnasium.ObservationWrapper):
+    """ALE grayscale screen -> {'frame': uint8 [size, size, 1]} (PIL area resize: keeps thin balls)."""
+
+    def __init__(self, env: gymnasium.Env, size: int):
+        super().__init__(env)
+        self.size = size
+        self.observation_space = gymnasium.spaces.Dict(
+            {"frame": gymnasium.spaces.Box(0, 255, (size, size, 1), np.uint8)})
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"frame": resize_frame(observation, self.size)}
+
+
+def resize_frame(screen_HxW: np.ndarray, size: int) -> np.ndarray:
+    """One grayscale screen to uint8 [size, size, 1]."""
+    image = Image.fromarray(np.asarray(screen_HxW, np.uint8)).resize((size, size), Image.Resampling.BOX)
+    return np.asarray(image, np.uint8)[:, :, None]
+
+
+class StateVector(gymnasium.ObservationWrapper):
+    """MuJoCo float64 state -> {'state': float32 [D]}."""
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(env)
+        dim = env.observation_space.shape[0]
+        self.observation_space = gymnasium.spaces.Dict(
+            {"state": gymnasium.spaces.Box(-np.inf, np.inf, (dim,), np.float32)})
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"state": np.asarray(observation, np.float32)}
+
+
+class SeededReset(gymnasium.Wrapper):
+    """Uses `seed` on the first reset that names none, so `make_env(seed=...)` alone is reproducible."""
+
+    def __init__(self, env: gymnasium.Env, seed: int | None):
+        super().__init__(env)
+        self._seed = seed
+        if seed is not None:
+            env.action_space.seed(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None and self._seed is not None:
+            seed, self._seed = self._seed, None
+        return self.env.reset(seed=seed, options=options)
+
+
+def make_env(name: str, *, sticky_actions: float = EVAL_STICKY_ACTIONS, max_steps: int = 1000,
+             seed: int | None = None, frame_size: int = 80) -> gymnasium.Env:
+    """A task's env, observations in the spec's format, truncated at `episode_limit(name, max_steps)`.
+
+    sticky_actions only applies to Atari (ALE repeat_action_probability).
+    """
+    task = get_task(name)
+    limit = episode_limit(name, max_steps)
+    if task.kind == "atari":
+        import ale_py
+
+        gymnasium.register_envs(ale_py)
+        env = gymnasium.make(task.env_id, obs_type="grayscale", frameskip=4, full_action_space=False,
+                             repeat_action_probability=sticky_actions, max_episode_steps=limit)
+        env = AtariFrame(env, frame_size)
+    else:
+        env = StateVector(gymnasium.make(task.env_id, max_episode_steps=limit))
+    return SeededReset(env, seed)
+
+
+def make_vector_env(name: str, num_envs: int, *, sticky_actions: float = EVAL_STICKY_ACTIONS,
+                    max_steps: int = 1000, seed: int = 0, frame_size: int = 80,
+                    asynchronous: bool = False) -> gymnasium.vector.VectorEnv:
+    """num_envs copies of `make_env` (env i seeded seed + i), autoreset on the step after an episode ends.
+
+    Not ale_py's AtariVectorEnv: even at 80x80, one frame, no max-pooling, its C++ resize differs from
+    the PIL frames the datasets hold (measured on Pong: 4% of pixels, by up to 21 levels), and rollouts
+    must see exactly the training frames. Environments are cheap next to the model's forward pass.
+    """
+    makers: list[Callable[[], gymnasium.Env]] = [
+        (lambda i=i: make_env(name, sticky_actions=sticky_actions, max_steps=max_steps, seed=seed + i,
+                              frame_size=frame_size)) for i in range(num_envs)]
+    cls = gymnasium.vector.AsyncVectorEnv if asynchronous else gymnasium.vector.SyncVectorEnv
+    return cls(makers)
+
+
+def action_to_env(name: str, action: Mapping[str, Any]) -> int | np.ndarray:
+    """A spec-format action dict -> what `make_env(name).step` takes (index, or clipped float32 vector)."""
+    task = get_task(name)
+    value = action["action"]
+    if task.kind == "atari":
+        index = int(np.asarray(value).reshape(()))
+        if not 0 <= index < len(task.action_meanings):
+            raise ValueError(f"Action {index} is outside {name}'s {len(task.action_meanings)} actions.")
+        return index
+    _, act_dim, bound = _MUJOCO_SHAPES[name]
+    return np.clip(np.asarray(value, np.float32).reshape(act_dim), -bound, bound)
+
+
+def vector_action_to_env(name: str, actions: Mapping[str, Any]) -> np.ndarray:
+    """Batched `action_to_env` for `make_vector_env`: {'action': [B] or [B, D]} -> [B] or [B, D]."""
+    values = np.asarray(actions["action"])
+    return np.stack([np.asarray(action_to_env(name, {"action": v})) for v in values])
