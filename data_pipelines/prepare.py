@@ -45,7 +45,7 @@ def prepare_all(config: ml_collections.ConfigDict) -> str:
     for name in control_tasks(config):
         episodes.prepare_task(
             name, root, episodes=config.data.episodes_per_task, max_steps=config.data.max_episode_steps,
-            frame_size=config.data.frame_size, seed=config.seed,
+            frame_size=config.data.frame_size, patch_size=config.model.patch_size, seed=config.seed,
             min_return_fraction=config.data.min_return_fraction)
     _LOG.info("Data ready in %s", root)
     return root

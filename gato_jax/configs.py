@@ -125,6 +125,8 @@ def cpu_experiment_config() -> ml_collections.ConfigDict:
     c.optimizer.peak_lr = 1e-3  # Small models tolerate a higher peak than the 1.18B's 1e-4.
     c.optimizer.warmup_steps = 200
     c.data.episodes_per_task = 40
+    c.data.max_episode_steps = 1000  # Recording cap; keeps `make data` for atari_mix near 10 minutes.
+    c.eval.max_steps = 1000  # Same cap as the stored expert/random returns, so normalised scores compare.
     return c
 
 
