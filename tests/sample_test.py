@@ -86,6 +86,19 @@ def test_greedy_generation_equals_full_forward_argmax(loaded):
     assert list(expected[:len(ids)]) == ids and (len(ids) == 8 or expected[len(ids)] == eos)
 
 
+def test_prefill_logits_equal_full_forward_logits(loaded):
+    """A prompt shorter than its bucket must look exactly as it does unpadded (no ALiBi gap)."""
+    sampler = Sampler(loaded.model, loaded.layout, cache_size=int(loaded.config.seq_len))
+    prompt = text_prompt(loaded.tokenizer, LAYOUT, "to be or", 16)
+    seq, last_B = sampler._padded([prompt])
+    assert seq.tokens.shape[1] > prompt.length  # The bucket really pads.
+    cache = sampling.place_like(loaded.model.init_cache(1, sampler.cache_size), sampler.params)
+    logits_BxV, _ = sampling._prefill(sampler.graphdef, sampler.params, cache, seq, jnp.asarray(last_B))
+    graphdef, params = nnx.split(loaded.model)
+    expected = np.asarray(forward(graphdef, params, seq_lib.stack([prompt])))[0, -1]
+    np.testing.assert_allclose(np.asarray(logits_BxV)[0], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_filter_logits_top_k_top_p_and_allowed_ids():
     logits = jnp.asarray([[3.0, 2.0, 1.0, 0.0, 9.0]])
     allowed = jnp.asarray([True, True, True, True, False])

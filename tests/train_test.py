@@ -13,6 +13,7 @@ from flax import nnx
 
 from gato_jax import configs
 from gato_jax import sharding as sharding_lib
+from gato_jax.model import Gato
 from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop, optim
@@ -48,6 +49,14 @@ def test_schedule_matches_spec():
     assert math.isclose(float(schedule(15_000)), 1e-4, rel_tol=1e-5)
     assert math.isclose(float(schedule(1_000_000)), 1e-5, rel_tol=1e-4)  # Decayed by 10x.
     assert (opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.grad_clip) == (0.9, 0.95, 1e-8, 0.1, 1.0)
+
+
+def test_weight_decay_skips_norms_and_biases():
+    model = Gato(configs.model_config("tiny"), LAYOUT.padded_size, rngs=nnx.Rngs(0))
+    _, params = nnx.split(model, nnx.Param)
+    flat = {jax.tree_util.keystr(path): decay
+            for path, decay in jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
+    assert flat and all(decay == ("kernel" in key or "embedding" in key) for key, decay in flat.items())
 
 
 def test_loss_counts_only_masked_targets():

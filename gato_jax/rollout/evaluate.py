@@ -135,8 +135,15 @@ def make_agent(loaded: Loaded, name: str, batch_size: int, temperature: float) -
     if name not in loaded.task_specs:
         raise ValueError(f"The checkpoint has no task spec for {name!r} (it knows {sorted(loaded.task_specs)}); "
                          "evaluate with the mixture it was trained on.")
-    return Agent(loaded.model, loaded.task_specs[name], loaded.layout, batch_size=batch_size,
-                 cache_size=int(loaded.config.seq_len), temperature=temperature)
+    spec = loaded.task_specs[name]
+    return Agent(loaded.model, spec, loaded.layout, batch_size=batch_size,
+                 cache_size=acting_cache_size(int(loaded.config.seq_len), spec.tokens_per_timestep),
+                 temperature=temperature)
+
+
+def acting_cache_size(seq_len: int, tokens_per_timestep: int) -> int:
+    """Whole timesteps only, as training windows (and prompt + window) are: seq_len // step * step."""
+    return seq_len // tokens_per_timestep * tokens_per_timestep
 
 
 def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,

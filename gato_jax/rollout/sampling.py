@@ -130,14 +130,20 @@ class Sampler:
         self.allowed_V = jnp.asarray(allowed_ids(layout, model.vocab_size))
 
     def _padded(self, prompts: list[TokenSequence]) -> tuple[TokenSequence, np.ndarray]:
-        """Prompts right-padded to one bucketed length (the exact length when the bucket would not fit)."""
+        """Prompts left-padded to one bucketed length (the exact length when the bucket would not fit).
+
+        Left, so every prompt ends right before the first generated token: padding still takes write
+        numbers in the cache, and right padding would put an ALiBi gap between prompt and continuation.
+        """
         longest = max(p.length for p in prompts)
         if longest > self.cache_size:
             raise ValueError(f"A prompt of {longest} tokens exceeds the model's context of {self.cache_size}; "
                              "shorten it.")
         length = bucket(longest) if bucket(longest) <= self.cache_size else longest
-        rows = seq_lib.stack([seq_lib.pad_to(p, length) for p in prompts])
-        return TokenSequence(*(jnp.asarray(f) for f in rows)), np.asarray([p.length - 1 for p in prompts], np.int32)
+        patch_size = self.model.dims.patch_size
+        left_pad = lambda p: seq_lib.concat([seq_lib.empty(length - p.length, patch_size), p])
+        rows = seq_lib.stack([p if p.length == length else left_pad(p) for p in prompts])
+        return TokenSequence(*(jnp.asarray(f) for f in rows)), np.full((len(prompts),), length - 1, np.int32)
 
     def generate(self, prompts: list[TokenSequence], key: jax.Array, sampling: SamplingParams = DEFAULT_SAMPLING,
                  max_tokens: int = 64) -> list[list[int]]:

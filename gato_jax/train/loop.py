@@ -37,20 +37,39 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT so the loop can save at a step boundary and exit."""
+    """Set by SIGTERM/SIGINT so the loop saves at a step boundary and exits; handlers restored after.
+
+    On several processes the flag is agreed every step (any process signalled stops all), so no
+    process enters the collective save while another dispatches a step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
+        self.previous: dict = {}
 
-    def install(self) -> None:
+    def __enter__(self) -> _StopFlag:
         try:
-            signal.signal(signal.SIGTERM, self._set)
-        except ValueError:  # Not the main thread (e.g. some test runners): no handler, no harm.
-            pass
+            self.previous = {sig: signal.signal(sig, self._set) for sig in self.SIGNALS}
+        except ValueError:  # Not the main thread (some test runners): no handler, no harm.
+            self.previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _set(self, signum, frame):
         _LOG.warning("Signal %d: saving a checkpoint and stopping.", signum)
         self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
 
 def to_global(batch: TokenSequence, batch_sharding) -> TokenSequence:
@@ -166,7 +185,7 @@ class _StepReporter:
         if step % self.config.log_every and step != self.config.num_train_steps:
             return
         logged.update(self.throughput.measure(step))
-        logged["learning_rate"] = float(self.schedule(step))
+        logged["learning_rate"] = float(self.schedule(step - 1))  # The rate of the update just applied.
         if state is not None and self.is_eval_step(step):
             logged.update(_evaluate(self.fns, state, self.eval_batches))
         self.writer.write(step, logged)
@@ -183,9 +202,13 @@ def _run(config, workdir, data: TrainData, fns, state, checkpointer: Checkpointe
     Steps that evaluate or checkpoint are read synchronously, before the next dispatch donates the
     state they need.
     """
-    stop = _StopFlag()
-    stop.install()
-    reporter = _StepReporter(config, workdir, data, fns, checkpointer)
+    with _StopFlag() as stop:
+        return _run_steps(config, data, fns, state, checkpointer, last_step, stop,
+                          _StepReporter(config, workdir, data, fns, checkpointer))
+
+
+def _run_steps(config, data: TrainData, fns, state, checkpointer: Checkpointer, last_step: int, stop: _StopFlag,
+               reporter: _StepReporter) -> list[dict]:
     meta = checkpoint_meta(config, data)
     pending = None
     try:
@@ -196,13 +219,14 @@ def _run(config, workdir, data: TrainData, fns, state, checkpointer: Checkpointe
             if pending is not None:
                 reporter.report(*pending)
             pending = (step + 1, metrics)
+            stopping = stop.agreed()
             must_save = (step + 1) % config.checkpoint_every == 0 or step + 1 in (config.num_train_steps, last_step)
-            if must_save or stop.requested or reporter.is_eval_step(step + 1):
+            if must_save or stopping or reporter.is_eval_step(step + 1):
                 reporter.report(step + 1, metrics, state)
                 pending = None
-            if must_save or stop.requested:
+            if must_save or stopping:
                 checkpointer.save(step + 1, state, data_state, meta)
-            if stop.requested:
+            if stopping:
                 _LOG.warning("Stopped by signal after step %d; rerun to resume.", step + 1)
                 break
         if pending is not None:

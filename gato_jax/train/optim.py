@@ -17,9 +17,17 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
     return optax.join_schedules([warmup, cosine], [warmup_steps])
 
 
-def _decay_mask(params):
-    """Weight decay on matrices and embeddings only: decaying norms' scales and biases only hurts."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+NO_DECAY_NAMES = ("bias", "scale")  # Norm scales and biases: decaying them toward 0 only hurts.
+
+
+def decay_mask(params):
+    """True for kernels and embeddings. Decided by name, not rank: stacked (scanned) blocks give even
+    a LayerNorm scale a leading layer axis."""
+    def decays(path, _) -> bool:
+        names = {getattr(key, "key", getattr(key, "name", None)) for key in path}
+        return not names & set(NO_DECAY_NAMES)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.GradientTransformation:
@@ -27,5 +35,5 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_train_steps: int) -> opta
     return optax.chain(
         optax.clip_by_global_norm(opt.grad_clip),
         optax.adamw(make_schedule(opt, num_train_steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                    weight_decay=opt.weight_decay, mask=_decay_mask),
+                    weight_decay=opt.weight_decay, mask=decay_mask),
     )
