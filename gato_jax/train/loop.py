@@ -170,6 +170,7 @@ class _StepReporter:
         self.bar = tqdm.tqdm(total=config.num_train_steps, disable=jax.process_index() != 0,
                              desc="train", unit="step", dynamic_ncols=True)
         self.rows: list[dict] = []
+        self.tokens_per_s = "-"
 
     def is_eval_step(self, step: int) -> bool:
         every = self.config.eval_every
@@ -180,11 +181,13 @@ class _StepReporter:
         logged = reduce_metrics(jax.device_get(metrics))
         _check_finite(step, logged, self.checkpointer)
         self.bar.n = step
-        self.bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.3f}", refresh=False)
+        self.bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.3f}", tok_s=self.tokens_per_s, refresh=False)
         self.bar.update(0)
         if step % self.config.log_every and step != self.config.num_train_steps:
             return
         logged.update(self.throughput.measure(step))
+        if "tokens_per_s" in logged:
+            self.tokens_per_s = f"{logged['tokens_per_s']:.0f}"  # Shown in the bar until the next log.
         logged["learning_rate"] = float(self.schedule(step - 1))  # The rate of the update just applied.
         if state is not None and self.is_eval_step(step):
             logged.update(_evaluate(self.fns, state, self.eval_batches))
