@@ -5,7 +5,6 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -23,12 +22,3 @@ def measure_matmul_peak(size: int = 1024, repeats: int = 5, dtype: str = "float3
         matmul(a, b).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2.0 * size**3 / float(np.median(times))
-
-
-def matmul_peak_for_mesh() -> float:
-    """Peak of the whole host: fake CPU devices share the same cores, so count the host once."""
-    return measure_matmul_peak()
-
-
-def as_float(x) -> float:
-    return float(jnp.asarray(x))

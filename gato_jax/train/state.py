@@ -45,10 +45,6 @@ class StepFunctions:
     train_step: Callable[[TrainState, TokenSequence], tuple[TrainState, dict]]
     eval_step: Callable[[TrainState, TokenSequence], dict]
 
-    def model(self, state: TrainState) -> Gato:
-        """A Gato module bound to the state's parameters (for sampling and acting)."""
-        return nnx.merge(self.graphdef, state.params, self.rest)
-
 
 def _opt_state_shardings(tx, abstract_opt_state, params_shardings, mesh: Mesh):
     """Optimizer moments follow their parameters' shardings; scalars (counts) are replicated."""
