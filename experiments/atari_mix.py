@@ -12,6 +12,6 @@ from gato_jax import configs
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = configs.cpu_experiment_config()
     c.data.mixture = ml_collections.ConfigDict(
-        {"atari_pong": 0.2, "atari_breakout": 0.2, "atari_boxing": 0.2, "atari_freeway": 0.2,
+        {"atari_pong": 0.2, "atari_breakout": 0.3, "atari_boxing": 0.25, "atari_freeway": 0.05,
          "text": 0.1, "captions": 0.1})
     return configs.finalize(c, arg, "atari_mix")

@@ -395,8 +395,28 @@ def test_evaluate_writes_report_chart_and_video(tmp_path, monkeypatch):
     assert os.path.getsize(os.path.join(out, "normalized_scores.png")) > 0
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
-    assert f"| {TASK} | 3 |" in md and "Captions" in md and "Text" in md
+    assert f"| {TASK} | 3 |" in md and "Captions" in md and "Text" in md and "held-out action acc." in md
+    assert 0 <= task["heldout_action_accuracy"] <= 1 and task["heldout_action_targets"] > 0
     assert result["tasks"][TASK]["episodes"] == 3
+
+
+def test_heldout_action_accuracy_matches_the_training_metric(loaded):
+    """The report's imitation figure is the loss function's action accuracy on the same held-out windows."""
+    from data_pipelines import sources
+    from gato_jax.train.loss import next_token_loss, reduce_metrics
+
+    episodes = TASK_HOOKS.load_episodes("", TASK, "test")
+    got = eval_lib.heldout_action_accuracy(loaded, TASK, episodes, windows=5)
+    flat = sources.FlatEpisodes.from_episodes(episodes, SPEC)
+    source = sources.ControlSource(SPEC, LAYOUT, flat, SEQ_LEN, prompt_prob=0.0, prompt_end_fraction=0.0)
+    rng = np.random.default_rng(0)
+    batch = jax.tree.map(jnp.asarray, seq_lib.stack([source(rng) for _ in range(5)]))
+    _, metrics = next_token_loss(loaded.model(batch), batch)
+    expected = reduce_metrics(jax.device_get(metrics))
+    targets = np.asarray(batch.tokens[:, 1:])[np.asarray(batch.loss_mask[:, 1:])]
+    assert got["heldout_action_targets"] == targets.size > 0
+    assert got["heldout_action_accuracy"] == pytest.approx(expected["accuracy_action"], abs=1e-6)
+    assert got["heldout_majority_accuracy"] == pytest.approx(np.bincount(targets).max() / targets.size)
 
 
 def test_measure_acting(loaded):

@@ -98,7 +98,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def _task_rows(tasks: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     return [[name, t["episodes"], f"{_fmt(t['return_mean'])} ± {_fmt(t['return_std'])}", _fmt(t["random"]),
              _fmt(t["expert"]), _fmt(t["normalized"]), _fmt(t.get("human_normalized")),
-             "yes" if t["prompted"] else "no"] for name, t in sorted(tasks.items())]
+             "yes" if t["prompted"] else "no", _fmt(t.get("heldout_action_accuracy")),
+             _fmt(t.get("heldout_majority_accuracy"))] for name, t in sorted(tasks.items())]
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -108,12 +109,13 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(report["settings"].items())), ""]
     if report.get("tasks"):
         lines += _table(["task", "episodes", "return (mean ± std)", "random", "expert", "normalized",
-                         "human-normalized", "prompted"], _task_rows(report["tasks"]))
+                         "human-normalized", "prompted", "held-out action acc.", "majority-class acc."],
+                        _task_rows(report["tasks"]))
         lines += ["Summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(report.get("summary", {}).items())), ""]
     if "captions" in report:
         c = report["captions"]
         lines += ["## Captions (held-out split, greedy, exact match)", ""]
-        lines += _table(["examples", "accuracy", "novel scenes", "not novel"],
+        lines += _table(["examples", "all", "novel colour-shape pairs", "seen pairs (in-distribution)"],
                         [[c["examples"], _fmt(c["accuracy"], 3), _fmt(c.get("novel_accuracy"), 3),
                           _fmt(c.get("seen_accuracy"), 3)]])
     if "text" in report:
