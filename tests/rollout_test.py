@@ -417,6 +417,10 @@ def test_heldout_action_accuracy_matches_the_training_metric(loaded):
     assert got["heldout_action_targets"] == targets.size > 0
     assert got["heldout_action_accuracy"] == pytest.approx(expected["accuracy_action"], abs=1e-6)
     assert got["heldout_majority_accuracy"] == pytest.approx(np.bincount(targets).max() / targets.size)
+    rows = [np.asarray(t)[np.asarray(m)] for t, m in zip(batch.tokens[:, 1:], batch.loss_mask[:, 1:])]
+    step = SPEC.action_tokens  # 3: move, then two push values.
+    repeats = np.concatenate([r[step:] == r[:-step] for r in rows])
+    assert got["heldout_repeat_accuracy"] == pytest.approx(repeats.mean())
 
 
 def test_measure_acting(loaded):

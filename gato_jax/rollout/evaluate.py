@@ -194,7 +194,9 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     """Teacher-forced action-token accuracy on held-out demonstrations, next to always guessing the commonest.
 
     Separates "does not imitate the expert" from "imitates it, but small errors compound in closed loop":
-    a rollout score near random with accuracy well above the majority baseline points at the latter.
+    a rollout score near random with accuracy well above both baselines points at the latter. The second
+    baseline repeats the previous timestep's action: an expert that holds actions (Boxing re-plans every
+    4 steps) lets a model score well by copying its own last action without reading the frame.
     """
     from data_pipelines import sources
 
@@ -204,7 +206,8 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     rng = np.random.default_rng(0)
     items = [source(rng) for _ in range(windows)]
     graphdef, params = nnx.split(loaded.model)
-    hits, targets = [], []
+    hits, targets, repeats = [], [], []
+    per_step = spec.action_tokens
     for start in range(0, len(items), TEXT_BATCH):
         batch = items[start:start + TEXT_BATCH]
         batch = batch + [batch[-1]] * (TEXT_BATCH - len(batch))  # Fixed shape; duplicates dropped below.
@@ -212,10 +215,13 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
                                       _action_hits(graphdef, params, _as_jax(seq_lib.stack(batch))))
         hits.append(correct[is_action])
         targets.append(target[is_action])
-    hits, targets = np.concatenate(hits), np.concatenate(targets)
+        for row, mask in zip(target, is_action):  # Rows hold whole timesteps, so actions pair up by step.
+            actions = row[mask]
+            repeats.append(actions[per_step:] == actions[:-per_step] if actions.size > per_step else actions[:0])
+    hits, targets, repeats = np.concatenate(hits), np.concatenate(targets), np.concatenate(repeats)
     majority = np.bincount(targets).max() / max(targets.size, 1) if targets.size else math.nan
     return {"heldout_action_accuracy": _mean_or_nan(hits), "heldout_majority_accuracy": float(majority),
-            "heldout_action_targets": int(targets.size)}
+            "heldout_repeat_accuracy": _mean_or_nan(repeats), "heldout_action_targets": int(targets.size)}
 
 
 def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,

@@ -99,7 +99,8 @@ def _task_rows(tasks: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     return [[name, t["episodes"], f"{_fmt(t['return_mean'])} ± {_fmt(t['return_std'])}", _fmt(t["random"]),
              _fmt(t["expert"]), _fmt(t["normalized"]), _fmt(t.get("human_normalized")),
              "yes" if t["prompted"] else "no", _fmt(t.get("heldout_action_accuracy")),
-             _fmt(t.get("heldout_majority_accuracy"))] for name, t in sorted(tasks.items())]
+             _fmt(t.get("heldout_majority_accuracy")), _fmt(t.get("heldout_repeat_accuracy"))]
+            for name, t in sorted(tasks.items())]
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -109,7 +110,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(report["settings"].items())), ""]
     if report.get("tasks"):
         lines += _table(["task", "episodes", "return (mean ± std)", "random", "expert", "normalized",
-                         "human-normalized", "prompted", "held-out action acc.", "majority-class acc."],
+                         "human-normalized", "prompted", "held-out action acc.", "majority-class acc.",
+                         "repeat-last-action acc."],
                         _task_rows(report["tasks"]))
         lines += ["Summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(report.get("summary", {}).items())), ""]
     if "captions" in report:
