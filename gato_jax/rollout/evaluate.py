@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -38,7 +38,7 @@ from gato_jax.train.loss import token_nll
 EVAL_DIR = "eval"
 CAPTION_BATCH = 32  # Captions decoded together.
 CAPTION_MAX_TOKENS = 24  # Scene captions are ~6-10 pieces; a caption that runs on is wrong anyway.
-TEXT_BATCH = 4  # Text windows scored per forward pass.
+WINDOW_BATCH = 4  # Windows scored per forward pass (text perplexity, held-out action accuracy).
 HELDOUT_WINDOWS = 32  # Held-out demonstration windows per task for teacher-forced action accuracy.
 
 _LOG = logging.getLogger(__name__)
@@ -148,8 +148,11 @@ def acting_cache_size(seq_len: int, tokens_per_timestep: int) -> int:
 
 
 def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,
-                 key: jax.Array, progress: bool = True) -> RolloutResult:
-    """config.eval.episodes seeded episodes of one task, prompted or not; episode 0 is recorded."""
+                 key: jax.Array, progress: bool = True, demos: Sequence[Mapping] | None = None) -> RolloutResult:
+    """config.eval.episodes seeded episodes of one task, prompted or not; episode 0 is recorded.
+
+    `demos` are the held-out episodes prompts come from; loaded from data_dir when not given.
+    """
     num_envs = max(1, min(settings.num_envs, settings.episodes))
     agent = make_agent(loaded, name, num_envs, settings.temperature)
     make = lambda seed: hooks.make_env(name, sticky_actions=settings.sticky_actions, max_steps=settings.max_steps,
@@ -158,7 +161,7 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
                     num_episodes=settings.episodes, max_steps=settings.max_steps, seed=settings.seed, record_first=True)
     prompt = None
     if settings.prompted:
-        demos = _demonstrations(hooks, data_dir, name)
+        demos = _demonstrations(hooks, data_dir, name) if demos is None else demos
         prompt = demonstration_prompts(agent.spec, loaded.layout, demos, agent.max_prompt_tokens, num_envs,
                                        np.random.default_rng(settings.seed))
     try:
@@ -208,11 +211,8 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     graphdef, params = nnx.split(loaded.model)
     hits, targets, repeats = [], [], []
     per_step = spec.action_tokens
-    for start in range(0, len(items), TEXT_BATCH):
-        batch = items[start:start + TEXT_BATCH]
-        batch = batch + [batch[-1]] * (TEXT_BATCH - len(batch))  # Fixed shape; duplicates dropped below.
-        correct, is_action, target = (np.asarray(x)[:len(items) - start] for x in
-                                      _action_hits(graphdef, params, _as_jax(seq_lib.stack(batch))))
+    for batch in _fixed_batches(loaded, items):
+        correct, is_action, target = (np.asarray(x) for x in _action_hits(graphdef, params, batch))
         hits.append(correct[is_action])
         targets.append(target[is_action])
         for row, mask in zip(target, is_action):  # Rows hold whole timesteps, so actions pair up by step.
@@ -228,9 +228,10 @@ def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: Task
                   key: jax.Array, out_dir: str, progress: bool = True) -> dict[str, Any]:
     """The report entry of one task (scores, lengths, speed, held-out imitation), with its video under out_dir."""
     refs = references(name, hooks.load_metadata(data_dir, name))
-    result = rollout_task(loaded, name, settings, hooks, data_dir, key, progress)
+    demos = _demonstrations(hooks, data_dir, name)
+    result = rollout_task(loaded, name, settings, hooks, data_dir, key, progress, demos=demos)
     entry = report_lib.task_scores([e.ret for e in result.episodes], refs, prompted=settings.prompted)
-    entry.update(heldout_action_accuracy(loaded, name, _demonstrations(hooks, data_dir, name)))
+    entry.update(heldout_action_accuracy(loaded, name, demos))
     video_dir = os.path.join(out_dir, report_lib.VIDEO_DIR)
     os.makedirs(video_dir, exist_ok=True)
     video = report_lib.write_video(os.path.join(video_dir, name.replace("/", "_")), result.frames)
@@ -305,14 +306,20 @@ def text_perplexity(loaded: Loaded, documents: Sequence[str], windows: int, prog
     """Perplexity on text-piece targets (the pieces the unigram baseline counts), from full forward passes."""
     graphdef, params = nnx.split(loaded.model)
     items = text_windows(loaded, documents, windows)
-    blank = seq_lib.empty(int(loaded.config.seq_len), int(loaded.config.model.patch_size))
     total = count = 0.0
-    for start in tqdm.trange(0, len(items), TEXT_BATCH, desc="text", disable=not progress):
-        batch = items[start:start + TEXT_BATCH]
-        batch = batch + [blank] * (TEXT_BATCH - len(batch))  # Fixed shape: padding windows carry no targets.
-        s, c = _text_nll(graphdef, params, _as_jax(seq_lib.stack(batch)))
+    for batch in tqdm.tqdm(_fixed_batches(loaded, items), desc="text", total=-(-len(items) // WINDOW_BATCH),
+                           disable=not progress):
+        s, c = _text_nll(graphdef, params, batch)
         total, count = total + float(s), count + float(c)
     return {"windows": len(items), "tokens": int(count), "perplexity": math.exp(total / max(count, 1.0))}
+
+
+def _fixed_batches(loaded: Loaded, items: Sequence[TokenSequence]) -> Iterator[TokenSequence]:
+    """WINDOW_BATCH windows at a time, the last filled with blank windows (no targets): one compiled shape."""
+    blank = seq_lib.empty(int(loaded.config.seq_len), int(loaded.config.model.patch_size))
+    for start in range(0, len(items), WINDOW_BATCH):
+        batch = list(items[start:start + WINDOW_BATCH])
+        yield _as_jax(seq_lib.stack(batch + [blank] * (WINDOW_BATCH - len(batch))))
 
 
 def _as_jax(seq: TokenSequence) -> TokenSequence:
