@@ -10,7 +10,9 @@ the CPU default (4 patches, one per quadrant; objects 7-8 px); 48 gives 9 patche
 
 Held-out combinations. The colour-shape pairs in `HELDOUT_PAIRS` never appear in train. The test
 split is half scenes with those pairs (`novel` True: does the model compose words it knows?) and
-half fresh scenes with seen pairs (`novel` False: the in-distribution score).
+half fresh scenes with seen pairs (`novel` False: the in-distribution score). Held-out means disjoint
+by pixels: a test scene whose image equals a training image is redrawn (new size and jitter), and a
+test digit identical to a training digit is left out, so no test image was ever trained on.
 
 Digits. The 1,797 8x8 digits that ship inside scikit-learn's wheel, upscaled (nearest) to image_size,
 grey on black, captioned "the digit seven". Every tenth digit (index % 10 == 0) is test. The wheel is
@@ -239,10 +241,10 @@ def split_plan(split: str, num_scenes: int, num_digits: int, seed: int) -> list[
 
 
 def render_example(item: Scene | int, index: int, split: str, image_size: int, seed: int,
-                   digits: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
-    """One stored example; a scene's size and jitter come from (seed, split, index), not from order."""
+                   digits: tuple[np.ndarray, np.ndarray] | None, attempt: int = 0) -> dict[str, Any]:
+    """One stored example; a scene's size and jitter come from (seed, split, index, attempt), not order."""
     if isinstance(item, Scene):
-        rng = np.random.default_rng([seed, SPLITS.index(split), index])
+        rng = np.random.default_rng([seed, SPLITS.index(split), index] + ([attempt] if attempt else []))
         return {"image": draw_scene(item, image_size, rng), "caption": caption(item), "source": "scene",
                 "novel": item.novel}
     images, labels = digits
@@ -281,11 +283,46 @@ class SceneCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        examples = self._examples(split)
+        if split == "test":  # Rendering the training images again is cheap (~1 s for 4000).
+            examples = pixel_disjoint(examples, self._examples("train"), self._redraw)
+        for index, example in enumerate(examples):
+            yield index, {k: v for k, v in example.items() if not k.startswith("_")}
+
+    def _examples(self, split: str) -> Iterator[dict[str, Any]]:
         p = self._params
         num = p["num_train"] if split == "train" else p["num_test"]
         num_digits = 0 if self._digits is None else len(self._digits[1])
         for index, item in enumerate(split_plan(split, num, num_digits, p["seed"])):
-            yield index, render_example(item, index, split, p["image_size"], p["seed"], self._digits)
+            example = render_example(item, index, split, p["image_size"], p["seed"], self._digits)
+            yield {**example, "_item": item, "_index": index}
+
+    def _redraw(self, example: dict[str, Any], attempt: int) -> dict[str, Any] | None:
+        """The same test scene drawn again (another size and jitter); None for a digit (it is dropped)."""
+        if not isinstance(example["_item"], Scene):
+            return None
+        p = self._params
+        return {**render_example(example["_item"], example["_index"], "test", p["image_size"], p["seed"],
+                                 self._digits, attempt), "_item": example["_item"], "_index": example["_index"]}
+
+
+MAX_REDRAWS = 50  # Attempts to draw a test scene unlike every training image before giving up.
+
+
+def _image_key(image: np.ndarray) -> bytes:
+    return np.ascontiguousarray(image).tobytes()
+
+
+def pixel_disjoint(test: Iterator[dict], train: Iterator[dict], redraw) -> Iterator[dict[str, Any]]:
+    """Test examples none of whose images equals a training image (redrawn, or dropped when redraw is None)."""
+    seen = {_image_key(ex["image"]) for ex in train}
+    for example in test:
+        attempt = 0
+        while example is not None and _image_key(example["image"]) in seen:
+            attempt += 1
+            example = redraw(example, attempt) if attempt <= MAX_REDRAWS else None
+        if example is not None:
+            yield example
 
 
 def captions_path(data_dir: str | os.PathLike) -> Path:
@@ -309,7 +346,7 @@ def prepare_captions(data_dir: str | os.PathLike, *, num_train: int, num_test: i
     """
     _check_image_size(image_size)
     params = {"num_train": num_train, "num_test": num_test, "image_size": image_size, "seed": seed,
-              "digits": digits}
+              "digits": digits, "pixel_disjoint": True}
     path = captions_path(data_dir)
     stored = _stored_params(path)
     if stored is not None and {k: stored.get(k) for k in params} == params:

@@ -43,15 +43,26 @@ from data_pipelines import experts, tasks
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 
 DATASET_VERSION = "1.0.0"  # TFDS version directory: data_dir/<task>/1.0.0.
-FORMAT = 1  # Bumped when the stored layout or the experts change, so old datasets are rebuilt.
+FORMAT = 2  # Bumped when the stored layout, the frames or the experts change, so old datasets are rebuilt.
 MAKE_DATA = "make data EXP=<exp>"
-# Random-action rate while recording, for variety (recording has no sticky actions, so Atari is
-# deterministic). Pong's planner wanders between volleys instead: random actions mid-volley cost points.
-RECORD_EPSILON = {"atari_pong": 0.0, "atari_breakout": 0.02, "atari_boxing": 0.02, "atari_freeway": 0.02,
-                  "control_pendulum": 0.0, "control_reacher": 0.0}
-NOOP_MAX = 30  # Recording starts after 0..NOOP_MAX unrecorded no-ops (Atari), another source of variety.
+NOOP_MAX = 30  # Recording starts after 0..NOOP_MAX unrecorded no-ops (Atari), a source of variety.
 _LOG = logging.getLogger(__name__)
-EVAL_EPISODES = 4  # Episodes per policy for the expert/random mean returns.
+EVAL_EPISODES = 30  # Episodes per policy for the expert/random mean returns.
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingNoise:
+    """Noise in the executed actions while recording (`experts.ActionNoise`); labels stay clean.
+
+    It is also the variety of the recordings: without sticky actions Atari is deterministic.
+    """
+
+    prob: float = 0.0  # Discrete: chance per step that a random action burst starts.
+    hold: int = 1  # Discrete: a burst lasts 1..hold steps.
+    std: float = 0.0  # Continuous: Gaussian std as a fraction of the action bound.
+
+    def make(self) -> experts.ActionNoise:
+        return experts.ActionNoise(self.prob, self.hold, self.std)
 
 
 class CorruptRecordError(ValueError):
@@ -76,7 +87,7 @@ class Job:
     max_steps: int
     frame_size: int
     sticky_actions: float
-    epsilon: float = 0.0
+    noise: RecordingNoise = RecordingNoise()
     noop_max: int = 0
     out_path: str | None = None  # Where to save the steps (.npz); None = only the return is needed.
 
@@ -91,40 +102,49 @@ def play(job: Job) -> dict[str, Any]:
     """Plays one episode; saves its steps to job.out_path if set. Returns its summary."""
     env = tasks.make_env(job.task, sticky_actions=job.sticky_actions, max_steps=job.max_steps,
                          seed=job.seed, frame_size=job.frame_size)
-    policy = experts.make_policy(job.task, job.policy, epsilon=job.epsilon)
+    policy = experts.make_policy(job.task, job.policy)
     rng = np.random.default_rng(job.seed)
     start, cpu = time.perf_counter(), time.process_time()
     try:
-        steps, terminated = _rollout(env, job.task, policy, rng, job.noop_max, keep=job.out_path is not None)
+        steps, terminated, noisy = _rollout(env, job.task, policy, job.noise.make(), rng, job.noop_max,
+                                            keep=job.out_path is not None)
     finally:
         env.close()
     summary = {"return": float(np.sum(steps["reward"])), "length": len(steps["reward"]),
-               "terminated": terminated, "policy": policy.name, "seconds": time.perf_counter() - start,
-               "cpu_seconds": time.process_time() - cpu}
+               "terminated": terminated, "policy": policy.name, "noise_steps": noisy,
+               "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     if job.out_path is not None:
         np.savez_compressed(job.out_path, **_flatten(steps))  # Frames compress ~50x: small scratch.
         summary["path"] = job.out_path
     return summary
 
 
-def _rollout(env, name: str, policy: experts.Policy, rng: np.random.Generator, noop_max: int,
-             keep: bool) -> tuple[dict, bool]:
-    """Runs to the end of an episode; returns stacked steps (observations only if keep) and terminated."""
+def _rollout(env, name: str, policy: experts.Policy, noise: experts.ActionNoise, rng: np.random.Generator,
+             noop_max: int, keep: bool) -> tuple[dict, bool, int]:
+    """Runs to the end of an episode: (stacked steps (observations only if keep), terminated, noisy steps).
+
+    The stored action of every step is the policy's own choice for the observation it saw (the label);
+    what the env executes may be `noise`'s replacement (DART: the data visit the states a cloned
+    policy drifts into, and the labels there still say what the expert would do).
+    """
     observation, _ = env.reset()
     for _ in range(int(rng.integers(noop_max + 1)) if noop_max else 0):
         observation, *_ = env.step(0)  # Action 0 is NOOP in every minimal Atari action set.
     policy.reset(env, rng)
-    observations, actions, rewards, terminated = [], [], [], False
+    noise.reset(rng)
+    observations, actions, rewards, terminated, noisy = [], [], [], False, 0
     while True:
-        action = policy.act(env, observation)
+        label = policy.act(env, observation)
+        executed, is_noise = noise(env, label)
+        noisy += is_noise
         if keep:
             observations.append(observation)
-            actions.append(action)
-        observation, reward, terminated, truncated, _ = env.step(tasks.action_to_env(name, action))
+            actions.append(label)
+        observation, reward, terminated, truncated, _ = env.step(tasks.action_to_env(name, executed))
         rewards.append(float(reward))
         if terminated or truncated:
             break
-    return _stack_steps(observations, actions, rewards, terminated, keep), bool(terminated)
+    return _stack_steps(observations, actions, rewards, terminated, keep), bool(terminated), noisy
 
 
 def _stack_steps(observations, actions, rewards, terminated: bool, keep: bool) -> dict:
@@ -198,7 +218,7 @@ def evaluate(name: str, policy: str, *, episodes: int = EVAL_EPISODES, max_steps
 
 
 def normalised_scores(returns: np.ndarray, expert: float, random: float) -> np.ndarray:
-    """(return - random) / (expert - random): 1 = expert, 0 = random (GATO_SPEC.md)."""
+    """(return - random) / (expert - random): 1 = expert, 0 = random (docs/TOKEN_FORMAT.md)."""
     return (np.asarray(returns, np.float64) - random) / (expert - random)
 
 
@@ -288,18 +308,19 @@ def _example(task: str, episode: Mapping[str, Any]) -> dict:
 
 def settings(name: str, *, episodes: int, max_steps: int, frame_size: int, seed: int,
              min_return_fraction: float, eval_episodes: int = EVAL_EPISODES,
-             patch_size: int = 16) -> dict[str, Any]:
+             patch_size: int = 16, noise: RecordingNoise = RecordingNoise()) -> dict[str, Any]:
     """Everything that determines a dataset; a dataset with equal settings is not rebuilt."""
     return {"task": name, "episodes": int(episodes), "max_steps": int(max_steps),
             "frame_size": int(frame_size), "patch_size": int(patch_size), "seed": int(seed),
             "min_return_fraction": float(min_return_fraction), "eval_episodes": int(eval_episodes),
-            "format": FORMAT}
+            "noise": dataclasses.asdict(noise), "format": FORMAT}
 
 
 def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_steps: int,
                  frame_size: int = 80, seed: int = 0, min_return_fraction: float = 0.8,
                  progress: bool = True, workers: int | None = None,
-                 eval_episodes: int = EVAL_EPISODES, patch_size: int = 16) -> Path:
+                 eval_episodes: int = EVAL_EPISODES, patch_size: int = 16,
+                 noise: RecordingNoise = RecordingNoise()) -> Path:
     """Records, scores, filters and writes one task's dataset; returns its directory.
 
     Idempotent: when the dataset exists with the same settings this does nothing. The dataset is
@@ -307,7 +328,7 @@ def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_s
     """
     wanted = settings(name, episodes=episodes, max_steps=max_steps, frame_size=frame_size, seed=seed,
                       min_return_fraction=min_return_fraction, eval_episodes=eval_episodes,
-                      patch_size=patch_size)
+                      patch_size=patch_size, noise=noise)
     final = dataset_dir(data_dir, name)
     if _existing_settings(final) == wanted:
         return final
@@ -319,7 +340,7 @@ def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_s
     start = time.perf_counter()
     with published.atomic_directory(final, replace=True) as tmp:
         spec = tasks.task_spec(name, frame_size=frame_size, patch_size=patch_size)
-        recorded, scores = _record_and_score(name, tmp / "_episodes", wanted, progress, workers)
+        recorded, scores = _record_and_score(name, tmp / "_episodes", wanted, noise, progress, workers)
         splits, filter_info = _filter_and_split(recorded, scores["random_return"], min_return_fraction)
         metadata = _metadata(name, spec, wanted, recorded, scores, filter_info, splits,
                              time.perf_counter() - start)
@@ -336,14 +357,14 @@ def _existing_settings(path: Path) -> dict | None:
         return None
 
 
-def _record_and_score(name: str, episode_dir: Path, wanted: Mapping, progress: bool,
+def _record_and_score(name: str, episode_dir: Path, wanted: Mapping, noise: RecordingNoise, progress: bool,
                       workers: int | None) -> tuple[list[dict], dict]:
     """Plays the recorded expert episodes and the scoring episodes, all in one worker pool."""
     episode_dir.mkdir(parents=True)
     kind = tasks.get_task(name).kind
     seed, cap, size = wanted["seed"], wanted["max_steps"], wanted["frame_size"]
     record = [Job(name, "expert", _seed(seed, name, 0, i), cap, size, tasks.RECORD_STICKY_ACTIONS,
-                  RECORD_EPSILON.get(name, 0.0), NOOP_MAX if kind == "atari" else 0, str(episode_dir / f"{i}.npz"))
+                  noise, NOOP_MAX if kind == "atari" else 0, str(episode_dir / f"{i}.npz"))
               for i in range(wanted["episodes"])]
     score = [Job(name, policy, _seed(seed, name, role, i), cap, size, tasks.EVAL_STICKY_ACTIONS)
              for role, policy in ((1, "expert"), (2, "random")) for i in range(wanted["eval_episodes"])]
@@ -357,6 +378,10 @@ def _record_and_score(name: str, episode_dir: Path, wanted: Mapping, progress: b
     scores = {"expert_returns": returns(expert_eval), "random_returns": returns(random_eval),
               "expert_return": float(np.mean(returns(expert_eval))),
               "random_return": float(np.mean(returns(random_eval))),
+              "expert_return_std": float(np.std(returns(expert_eval))),
+              "random_return_std": float(np.std(returns(random_eval))),
+              "noise_step_fraction": float(sum(r["noise_steps"] for r in recorded) /
+                                           max(1, sum(r["length"] for r in recorded))),
               "expert_policy": expert_eval[0]["policy"], "recorded_policy": recorded[0]["policy"],
               "cpu_seconds_per_recorded_episode": float(np.mean([r["cpu_seconds"] for r in recorded])),
               "cpu_seconds_per_recorded_step": float(sum(r["cpu_seconds"] for r in recorded) /
@@ -387,11 +412,14 @@ def _metadata(name: str, spec: TaskSpec, wanted: Mapping, recorded: list[dict], 
         "task": name, "task_spec": spec.to_json(), "settings": dict(wanted),
         "expert_return": scores["expert_return"], "random_return": scores["random_return"],
         "expert_returns": scores["expert_returns"], "random_returns": scores["random_returns"],
+        "expert_return_std": scores["expert_return_std"], "random_return_std": scores["random_return_std"],
         "reference_scores": tasks.reference_scores(name),
         "policies": {"expert": scores["expert_policy"], "recorded": scores["recorded_policy"],
                      "random": "random"},
         "action_meanings": list(task.action_meanings),
-        "recording": {"sticky_actions": tasks.RECORD_STICKY_ACTIONS, "epsilon": RECORD_EPSILON.get(name, 0.0),
+        "recording": {"sticky_actions": tasks.RECORD_STICKY_ACTIONS, "noise": wanted["noise"],
+                      "noise_step_fraction": scores["noise_step_fraction"],
+                      "labels": "the expert's action for the state reached, never the executed noise",
                       "noop_max": NOOP_MAX if kind == "atari" else 0},
         "evaluation": {"sticky_actions": tasks.EVAL_STICKY_ACTIONS, "episodes": wanted["eval_episodes"],
                        "max_steps": tasks.episode_limit(name, wanted["max_steps"])},

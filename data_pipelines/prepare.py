@@ -19,8 +19,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:
-    """config.data.dir, else $GATO_DATA_DIR, else ./data in the repository (git-ignored)."""
-    return os.path.abspath(config.data.dir or os.environ.get("GATO_DATA_DIR") or os.path.join(REPO_ROOT, "data"))
+    """config.data.dir, else $GATO_DATA_DIR, else ./data in the repository (git-ignored); then the variant.
+
+    A variant (`:smoke` sets 'smoke') keeps its own datasets beside the full ones: a smoke run must not
+    rebuild the full data with smoke settings.
+    """
+    root = config.data.dir or os.environ.get("GATO_DATA_DIR") or os.path.join(REPO_ROOT, "data")
+    return os.path.abspath(os.path.join(root, config.data.variant) if config.data.variant else root)
 
 
 def control_tasks(config: ml_collections.ConfigDict) -> list[str]:
@@ -46,9 +51,18 @@ def prepare_all(config: ml_collections.ConfigDict) -> str:
         episodes.prepare_task(
             name, root, episodes=config.data.episodes_per_task, max_steps=config.data.max_episode_steps,
             frame_size=config.data.frame_size, patch_size=config.model.patch_size, seed=config.seed,
-            min_return_fraction=config.data.min_return_fraction)
+            min_return_fraction=config.data.min_return_fraction, eval_episodes=config.data.reference_episodes,
+            noise=recording_noise(config))
     _LOG.info("Data ready in %s", root)
     return root
+
+
+def recording_noise(config: ml_collections.ConfigDict):
+    """The DART noise of config.data.record_noise_* (labels stay the expert's)."""
+    from data_pipelines import episodes
+
+    d = config.data
+    return episodes.RecordingNoise(float(d.record_noise_prob), int(d.record_noise_hold), float(d.record_noise_std))
 
 
 def caption_settings(config: ml_collections.ConfigDict) -> dict:

@@ -1,11 +1,14 @@
 """Control tasks by name: their gymnasium environments, token specs, and reference scores.
 
-Decisions [D] (GATO_SPEC.md leaves them open):
+Decisions [D] (docs/TOKEN_FORMAT.md leaves them open):
 - Atari uses ALE v5 (frameskip 4, no frame max-pooling) with the game's *minimal* action set (Pong 6,
   Breakout 4, Boxing 18, Freeway 3 actions): fewer invalid actions for a small model to learn, and the
   set is recorded in the spec (num_values) and in each dataset's metadata (action meanings).
-- Atari observations: ALE grayscale (210x160), resized with PIL's area filter to frame_size x
-  frame_size, one uint8 channel, no frame stacking (the transformer sees earlier frames in context).
+- Atari observations: ALE grayscale (210x160), cropped to the game's play field (`Task.screen_rows`:
+  the score bar and logos carry nothing the policy needs, and dropping them makes the resize factor ~2,
+  so Pong's 2x4-pixel ball stays a full-intensity pixel), resized with PIL's area filter to
+  frame_size x frame_size, one uint8 channel, no frame stacking (the transformer sees earlier frames in
+  context). None of these games flicker, so frames are not max-pooled.
 - Recording uses sticky actions 0 (repeat_action_probability); evaluation uses 0.25 (ALE v5 default).
 - MuJoCo tasks observe the raw state vector ('state', mu-law companded) and act with 'action' scaled
   by the action bound, so tokenized actions live in [-1, 1].
@@ -42,17 +45,19 @@ class Task:
     random_score: float | None = None  # Published random-agent score (full game), Atari only.
     human_score: float | None = None  # Published human score (full game), Atari only.
     native_max_steps: int | None = None  # The env's own step limit, kept when shorter than the cap.
+    screen_rows: tuple[int, int] = (0, 210)  # Atari: [top, bottom) rows of the play field kept.
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("atari_pong", "ALE/Pong-v5", "atari",
-         ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"), -20.7, 14.6),
-    Task("atari_breakout", "ALE/Breakout-v5", "atari", ("NOOP", "FIRE", "RIGHT", "LEFT"), 1.7, 30.5),
+         ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"), -20.7, 14.6, screen_rows=(34, 194)),
+    Task("atari_breakout", "ALE/Breakout-v5", "atari", ("NOOP", "FIRE", "RIGHT", "LEFT"), 1.7, 30.5,
+         screen_rows=(36, 196)),
     Task("atari_boxing", "ALE/Boxing-v5", "atari",
          ("NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT", "DOWNRIGHT", "DOWNLEFT",
           "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE", "UPRIGHTFIRE", "UPLEFTFIRE", "DOWNRIGHTFIRE",
-          "DOWNLEFTFIRE"), 0.1, 12.1),
-    Task("atari_freeway", "ALE/Freeway-v5", "atari", ("NOOP", "UP", "DOWN"), 0.0, 29.6),
+          "DOWNLEFTFIRE"), 0.1, 12.1, screen_rows=(26, 186)),
+    Task("atari_freeway", "ALE/Freeway-v5", "atari", ("NOOP", "UP", "DOWN"), 0.0, 29.6, screen_rows=(14, 196)),
     Task("control_pendulum", "InvertedPendulum-v5", "mujoco", native_max_steps=1000),
     Task("control_reacher", "Reacher-v5", "mujoco", native_max_steps=50),
 )}
@@ -103,21 +108,27 @@ def episode_limit(name: str, max_steps: int) -> int:
 
 
 class AtariFrame(gymnasium.ObservationWrapper):
-    """ALE grayscale screen -> {'frame': uint8 [size, size, 1]} (PIL area resize: keeps thin balls)."""
+    """ALE grayscale screen -> {'frame': uint8 [size, size, 1]}: the one frame preprocessing there is.
 
-    def __init__(self, env: gymnasium.Env, size: int):
+    Recording and evaluation both get their frames here (through `make_env`), so the model acts on
+    exactly the pixels it was trained on.
+    """
+
+    def __init__(self, env: gymnasium.Env, size: int, rows: tuple[int, int] = (0, 210)):
         super().__init__(env)
-        self.size = size
+        self.size, self.rows = size, rows
         self.observation_space = gymnasium.spaces.Dict(
             {"frame": gymnasium.spaces.Box(0, 255, (size, size, 1), np.uint8)})
 
     def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
-        return {"frame": resize_frame(observation, self.size)}
+        return {"frame": resize_frame(observation, self.size, self.rows)}
 
 
-def resize_frame(screen_HxW: np.ndarray, size: int) -> np.ndarray:
-    """One grayscale screen to uint8 [size, size, 1]."""
-    image = Image.fromarray(np.asarray(screen_HxW, np.uint8)).resize((size, size), Image.Resampling.BOX)
+def resize_frame(screen_HxW: np.ndarray, size: int, rows: tuple[int, int] = (0, 210)) -> np.ndarray:
+    """One grayscale screen, cropped to rows [top, bottom), area-resized to uint8 [size, size, 1]."""
+    top, bottom = rows
+    field = np.asarray(screen_HxW, np.uint8)[top:bottom]
+    image = Image.fromarray(field).resize((size, size), Image.Resampling.BOX)  # Area filter: keeps thin balls.
     return np.asarray(image, np.uint8)[:, :, None]
 
 
@@ -163,7 +174,7 @@ def make_env(name: str, *, sticky_actions: float = EVAL_STICKY_ACTIONS, max_step
         gymnasium.register_envs(ale_py)
         env = gymnasium.make(task.env_id, obs_type="grayscale", frameskip=4, full_action_space=False,
                              repeat_action_probability=sticky_actions, max_episode_steps=limit)
-        env = AtariFrame(env, frame_size)
+        env = AtariFrame(env, frame_size, task.screen_rows)
     else:
         env = StateVector(gymnasium.make(task.env_id, max_episode_steps=limit))
     return SeededReset(env, seed)

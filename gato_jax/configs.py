@@ -1,13 +1,13 @@
 """Shared config pieces: the base ConfigDict every experiment starts from, and model size presets.
 
 Experiments (experiments/NAME.py) call `base_config()`, set what differs, and return it locked.
-Every field is commented with its unit; GATO_SPEC.md decisions marked [D] are defaults here.
+Every field is commented with its unit; docs/TOKEN_FORMAT.md decisions marked [D] are defaults here.
 """
 from __future__ import annotations
 
 import ml_collections
 
-# Sizes from GATO_SPEC.md ("Model"): layers, width, MLP, heads, head dim.
+# Sizes from docs/TOKEN_FORMAT.md ("Model sizes"): layers, width, MLP, heads, head dim.
 MODEL_PRESETS = {
     "gato_1_18b": dict(num_layers=24, d_model=2048, mlp_dim=8192, num_heads=16, head_dim=128),
     "gato_364m": dict(num_layers=12, d_model=1536, mlp_dim=6144, num_heads=12, head_dim=128),
@@ -44,6 +44,25 @@ def model_config(preset: str = "cpu_small") -> ml_collections.ConfigDict:
     return m
 
 
+def train_config() -> ml_collections.ConfigDict:
+    """How the train step computes (never what): the sparse path gives the plain path's loss and gradients."""
+    t = ml_collections.ConfigDict()
+    # Logits only at positions a target follows, and the patch ResNet (its convolutions as matrix
+    # products) only at image positions, each gathered up to a static cap (the smallest of the caps below
+    # that holds them; the full computation when none does, so no target is ever dropped), and the layer
+    # scan unrolled per `scan_unroll`. False runs the plain path (`make bench` times both side by side).
+    t.sparse = True
+    # Caps on positions followed by a target, as fractions of batch_size * seq_len. An Atari timestep has
+    # 1 target in 27 tokens, text nearly 1 in 1; atari_mix batches hold ~4% (all Atari) to ~25%.
+    t.loss_position_caps = (0.0625, 0.1875, 0.25)
+    # Caps on image positions, fractions of batch_size * seq_len (Atari windows are 25/27 = 93% patches).
+    t.image_position_caps = (0.5, 0.8125, 0.9375)
+    # Layers per iteration of the scan over layers in the sparse step; 0 unrolls them all (no stacked
+    # per-layer residuals in the backward pass: ~15% of a cpu_small step; compile time grows with layers).
+    t.scan_unroll = 0
+    return t
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment; experiments override fields and lock the result."""
     c = ml_collections.ConfigDict()
@@ -75,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.1  # Decoupled weight decay on matrices [A].
     c.optimizer.grad_clip = 1.0  # Global gradient-norm clip [D].
 
+    c.train = train_config()
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Data-parallel axis size; -1 takes the devices left over.
     c.mesh.fsdp = 1  # Parameter-sharding (FSDP) axis size.
@@ -87,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # Dataset root; empty = $GATO_DATA_DIR, else ./data.
+    c.data.variant = ""  # Subfolder of the root for datasets of other sizes (":smoke" sets "smoke").
     c.data.mixture = ml_collections.ConfigDict()  # Source name -> sampling weight (normalised).
     c.data.episodes_per_task = 100  # Expert episodes generated per control task.
     c.data.max_episode_steps = 1000  # Step cap when generating episodes.
@@ -94,6 +116,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prompt_prob = 0.25  # Fraction of control sequences prefixed by a demonstration prompt [P].
     c.data.prompt_end_fraction = 0.5  # Of prompts, the fraction taken from an episode's end [P].
     c.data.min_return_fraction = 0.8  # Keep episodes with return >= this fraction of the expert's [P].
+    # DART recording [D]: noise in the *executed* actions, labels always the expert's clean action for the
+    # state reached (README "Data"). Discrete: a random action burst of 1..hold steps starts with this
+    # probability per step (~13% of steps executed as noise at 0.06 and 4); continuous: Gaussian std as
+    # a fraction of the action bound.
+    c.data.record_noise_prob = 0.06
+    c.data.record_noise_hold = 4
+    c.data.record_noise_std = 0.2
+    c.data.reference_episodes = 30  # Episodes of the expert and of random play behind each reference score.
     c.data.text_vocab_size = 32000  # SentencePiece model size trained on the corpus (sets vocab.text_size).
     c.data.caption_train_examples = 4000  # Procedural scenes for training captions.
     c.data.caption_test_examples = 400  # Held-out scenes (some colour-shape pairs never seen in training).
@@ -102,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = 50  # Rollouts per task [P].
-    c.eval.num_envs = 8  # Environments stepped in one batch.
+    c.eval.num_envs = 25  # Environments stepped in one batch (divides 50; throughput flattens past 16-32).
     c.eval.max_steps = 2000  # Episode step cap at evaluation.
     c.eval.sticky_actions = 0.25  # ALE v5 repeat-action probability at evaluation.
     c.eval.prompted = True  # Pin a demonstration prompt at the front of the context.
@@ -117,14 +147,18 @@ def cpu_experiment_config() -> ml_collections.ConfigDict:
     c = base_config()
     c.seq_len = 256  # ~9 Atari timesteps of 27 tokens each.
     c.batch_size = 16
-    c.num_train_steps = 1000  # ~3.2 s/step for cpu_small on 2 idle cores (make bench): under an hour.
-    c.checkpoint_every = 250
+    c.num_train_steps = 3000  # ~1 s/step for cpu_small on 2 cores (README "Results"): under an hour.
+    c.checkpoint_every = 400
     c.eval_every = 250
     c.vocab.text_size = 1000
     c.data.text_vocab_size = 1000
     c.optimizer.peak_lr = 1e-3  # Small models tolerate a higher peak than the 1.18B's 1e-4.
     c.optimizer.warmup_steps = 200
-    c.data.episodes_per_task = 40
+    c.data.episodes_per_task = 60  # ~60k steps per game: about one pass in an hour of training.
+    # DART labels are the expert's clean action in every episode, so an episode's return measures the
+    # noise it met, not its labels' quality; the paper's 80% filter would drop the recovery data DART
+    # is recorded for (half of Boxing's). Keep every episode that does at least as well as random.
+    c.data.min_return_fraction = 0.0
     c.data.max_episode_steps = 1000  # Recording cap; keeps `make data` for atari_mix near 10 minutes.
     c.eval.max_steps = 1000  # Same cap as the stored expert/random returns, so normalised scores compare.
     return c
@@ -137,7 +171,8 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.checkpoint_every = c.eval_every = 10
     c.eval_batches = 1
     c.optimizer.warmup_steps = 5
-    c.data.episodes_per_task, c.data.max_episode_steps = 3, 200
+    c.data.episodes_per_task, c.data.max_episode_steps, c.data.reference_episodes = 3, 200, 2
+    c.data.variant = "smoke"  # Smoke datasets live beside the full ones, never in their place.
     c.data.caption_train_examples, c.data.caption_test_examples = 200, 40
     c.eval.episodes, c.eval.num_envs, c.eval.max_steps = 2, 2, 100
     c.eval.caption_examples, c.eval.text_batches = 10, 1

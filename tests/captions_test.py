@@ -111,6 +111,27 @@ def test_splits_hold_out_pairs_and_match_generation(prepared):
     assert "digit" in sources[:40] and "scene" in sources[-40:], "stored order is shuffled"
 
 
+def test_no_test_image_equals_a_training_image(prepared):
+    data_dir, _ = prepared
+    train = {ex["image"].tobytes() for ex in captions.load_captions(data_dir, "train")}
+    assert not [ex for ex in captions.load_captions(data_dir, "test") if ex["image"].tobytes() in train]
+
+
+def test_pixel_disjoint_redraws_scenes_and_drops_digits():
+    scene = captions.Scene(1, "red", "square", "left")
+    draw = lambda attempt: captions.render_example(scene, 0, "test", 32, 0, None, attempt)
+    train = [draw(0), {"image": np.full((32, 32, 3), 7, np.uint8)}]
+    test = [{**draw(0), "_item": scene, "_index": 0},  # Equals a training image: redrawn.
+            {"image": np.full((32, 32, 3), 7, np.uint8), "_item": 3, "_index": 1},  # A duplicate digit.
+            {"image": np.zeros((32, 32, 3), np.uint8), "_item": 4, "_index": 2}]
+    redraw = lambda ex, attempt: ({**draw(attempt), "_item": scene, "_index": 0}
+                                  if isinstance(ex["_item"], captions.Scene) else None)
+    out = list(captions.pixel_disjoint(iter(test), iter(train), redraw))
+    assert [ex["_index"] for ex in out] == [0, 2]
+    assert out[0]["caption"] == captions.caption(scene)
+    assert not np.array_equal(out[0]["image"], train[0]["image"])
+
+
 def test_prepare_is_idempotent_and_rebuilds_on_new_settings(prepared, monkeypatch):
     data_dir, path = prepared
     monkeypatch.setattr(captions, "_build", lambda *a, **k: pytest.fail("rebuilt unchanged data"))

@@ -9,7 +9,8 @@ from data_pipelines import episodes, tasks
 from gato_jax.tokenizers.spec import FieldKind, TaskSpec
 
 SETTINGS = {"episodes": 2, "max_steps": 50, "frame_size": 80, "seed": 0, "min_return_fraction": 0.8,
-            "progress": False, "workers": 1, "eval_episodes": 1}
+            "progress": False, "workers": 1, "eval_episodes": 1,
+            "noise": episodes.RecordingNoise(prob=0.2, hold=2, std=0.2)}
 TASKS = ("atari_freeway", "control_reacher")
 
 
@@ -54,7 +55,10 @@ def test_metadata_holds_scores_spec_and_references(data_dir):
     assert meta["reference_scores"] == {"random": 0.0, "human": 29.6}
     assert meta["evaluation"] == {"sticky_actions": 0.25, "episodes": 1, "max_steps": 50}
     assert meta["recording"]["sticky_actions"] == 0.0
-    assert meta["policies"]["expert"] == "freeway_up" and meta["policies"]["random"] == "random"
+    assert meta["recording"]["noise"] == {"prob": 0.2, "hold": 2, "std": 0.2}
+    assert 0.1 < meta["recording"]["noise_step_fraction"] < 0.6  # Noise reached the recorded episodes.
+    assert meta["expert_return_std"] >= 0 and meta["random_return_std"] >= 0
+    assert meta["policies"]["expert"] == "freeway_watch" and meta["policies"]["random"] == "random"
     assert meta["splits"] == {"train": 1, "test": 1}
     assert meta["action_meanings"] == ["NOOP", "UP", "DOWN"]
     reacher = episodes.load_metadata(data_dir, "control_reacher")
@@ -132,3 +136,17 @@ def test_corrupt_record_names_file_and_record(data_dir, tmp_path):
     loaded = episodes.load_episodes(tmp_path, "control_reacher")
     with pytest.raises(episodes.CorruptRecordError, match=rf"record 0 of {path}"):
         loaded[0]
+
+
+def test_smoke_datasets_live_beside_the_full_ones(monkeypatch, tmp_path):
+    """A smoke run must not rebuild the full datasets with smoke settings (it gets its own folder)."""
+    import importlib.util
+
+    from data_pipelines import prepare
+
+    monkeypatch.setenv("GATO_DATA_DIR", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("atari_mix", "experiments/atari_mix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    full, smoke = prepare.data_dir(module.get_config()), prepare.data_dir(module.get_config("smoke"))
+    assert full == str(tmp_path) and smoke == str(tmp_path / "smoke")

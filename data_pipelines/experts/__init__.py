@@ -1,9 +1,12 @@
 """Scripted experts and random policies for every task in `data_pipelines.tasks`.
 
 Nothing ships Atari demonstrations or expert weights offline, so demonstrations come from scripted
-policies that read emulator RAM (Atari) or simulator state (MuJoCo) and, where reacting is not enough,
-look ahead over cloned emulator states. A policy acts in the task spec's action format (a dict of
-fields), exactly what a dataset stores and what `tasks.action_to_env` turns into an env action.
+policies. Each acts on what its observation shows: Atari experts read on-screen object positions from
+RAM (a shortcut for parsing the frame) and velocities from the previous frames, re-deciding every step
+without look-ahead, hidden timers or held plans; MuJoCo experts read the observed state vector. So a
+model that sees only the observations can, in principle, copy them. A policy acts in the task spec's
+action format (a dict of fields), exactly what a dataset stores and what `tasks.action_to_env` turns
+into an env action.
 """
 from __future__ import annotations
 
@@ -41,28 +44,44 @@ class RandomPolicy:
         return {"action": self._rng.uniform(space.low, space.high).astype(np.float32)}
 
 
-class EpsilonPolicy:
-    """Replaces an expert's action by a uniform one with probability epsilon.
+class ActionNoise:
+    """DART-style perturbation of the *executed* action; the recorded label stays the expert's.
 
-    Recording runs without sticky actions, where Atari is deterministic: without some randomness every
-    recorded episode of a deterministic expert would be the same game. The expert still sees every
-    step (its own bookkeeping stays right) and recovers from the random actions, which also shows the
-    model how to recover.
+    Behaviour cloning trained only on an expert's own states fails in the states its small errors lead
+    to (covariate shift). Recording with noise in the executed actions visits those states, and since
+    every step's label is the expert's clean action for the state actually reached, the data show how to
+    recover without ever teaching a noise action (Laskey et al. 2017, DART).
+
+    Discrete actions: with probability `prob` per step (outside a burst) a uniform random action starts
+    a burst held for 1..`hold` steps (uniform), the way a cloned policy's mistake tends to persist.
+    Continuous actions: Gaussian noise with std `std` times the action bound, clipped to the bounds.
     """
 
-    def __init__(self, expert: Policy, epsilon: float):
-        self.expert, self.epsilon = expert, epsilon
-        self.name = f"{expert.name}+eps{epsilon:g}"
+    def __init__(self, prob: float = 0.0, hold: int = 1, std: float = 0.0):
+        if not 0.0 <= prob <= 1.0 or hold < 1 or std < 0.0:
+            raise ValueError(f"Action noise needs 0 <= prob <= 1, hold >= 1 and std >= 0; got prob={prob}, "
+                             f"hold={hold}, std={std} (config.data.record_noise_*).")
+        self.prob, self.hold, self.std = prob, hold, std
 
-    def reset(self, env: gymnasium.Env, rng: np.random.Generator) -> None:
-        self._rng = rng
-        self.expert.reset(env, rng)
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng, self._held, self._left = rng, None, 0
 
-    def act(self, env: gymnasium.Env, observation: Mapping[str, np.ndarray]) -> Action:
-        action = self.expert.act(env, observation)
-        if self.epsilon > 0 and self._rng.random() < self.epsilon:
-            return RandomPolicy.act(self, env, observation)
-        return action
+    def __call__(self, env: gymnasium.Env, clean: Action) -> tuple[Action, bool]:
+        """(action to execute, whether it is noise rather than the clean action)."""
+        space = env.action_space
+        if isinstance(space, gymnasium.spaces.Discrete):
+            if self._left == 0 and self.prob > 0 and self._rng.random() < self.prob:
+                self._held = {"action": np.int32(self._rng.integers(space.n))}
+                self._left = int(self._rng.integers(1, self.hold + 1))
+            if self._left > 0:
+                self._left -= 1
+                return self._held, True
+            return clean, False
+        if self.std == 0.0:
+            return clean, False
+        value = np.asarray(clean["action"], np.float32)
+        noisy = value + self._rng.normal(0.0, self.std, value.shape) * space.high
+        return {"action": np.clip(noisy, space.low, space.high).astype(np.float32)}, True
 
 
 def expert_factories() -> dict[str, Callable[[], Policy]]:
@@ -79,8 +98,8 @@ def expert_factories() -> dict[str, Callable[[], Policy]]:
     }
 
 
-def make_policy(task: str, kind: str = "expert", *, epsilon: float = 0.0) -> Policy:
-    """'expert' (optionally epsilon-perturbed) or 'random' policy for a registered task."""
+def make_policy(task: str, kind: str = "expert") -> Policy:
+    """The 'expert' or the 'random' policy of a registered task."""
     if kind == "random":
         return RandomPolicy()
     if kind != "expert":
@@ -88,5 +107,4 @@ def make_policy(task: str, kind: str = "expert", *, epsilon: float = 0.0) -> Pol
     factories = expert_factories()
     if task not in factories:
         raise ValueError(f"No expert for task {task!r}; experts exist for {sorted(factories)}.")
-    expert = factories[task]()
-    return EpsilonPolicy(expert, epsilon) if epsilon > 0 else expert
+    return factories[task]()
