@@ -3,6 +3,11 @@
 Each benchmark measures its ratio side by side in this one process, taking the median of several
 repeats, because these machines are noisy: absolute times move from run to run, ratios much less.
 Run some with `--only NAME,...` (names: train_step, stream, decode, acting).
+
+train_step times the step `make train` runs (`train.state.build`: jitted, sharded, donated) on a batch
+with the experiment's mixture, plain (`train.sparse=False`) and sparse (the default) alternately, and
+reports MFU against the higher of the best measured matmul and the CPU's FMA peak (`train.flops`).
+decode asserts the KV cache's speed-up (>= MIN_DECODE_SPEEDUP) and the same next token.
 """
 from __future__ import annotations
 
@@ -18,11 +23,16 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from gato_jax.model import Gato, flops_per_token
+from gato_jax import sharding as sharding_lib
+from gato_jax.model import Gato
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence, patch_dim_for
 from gato_jax.tokenizers.vocab import VocabLayout
-from gato_jax.train.flops import measure_matmul_peak
-from gato_jax.train.loss import next_token_loss
+from gato_jax.train import loop
+from gato_jax.train import state as state_lib
+from gato_jax.train.flops import measure_matmul_peak, peak_flops, step_flops
+from gato_jax.train.loss import reduce_metrics
+
+MIN_DECODE_SPEEDUP = 20.0  # Cached decode over full recomputation at a 1024-token context (asserted).
 
 _ONLY = flags.DEFINE_list("only", [], "Benchmarks to run (default: all).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (the median is reported).")
@@ -72,44 +82,101 @@ def atari_like_batch(layout: VocabLayout, batch: int, seq_len: int, patch_size: 
         segment_ids=np.ones((batch, seq_len), np.int32))
 
 
+def text_rows(layout: VocabLayout, rows: int, seq_len: int, patch_size: int, seed: int = 1) -> TokenSequence:
+    """Packed text: every token a target (as the text source's packed documents, bar their first tokens)."""
+    rng = np.random.default_rng(seed)
+    shape = (rows, seq_len)
+    seq = atari_like_batch(layout, rows, seq_len, patch_size, seed)
+    return seq._replace(
+        tokens=rng.integers(0, layout.text_size, shape).astype(np.int32),
+        modality=np.full(shape, Modality.TEXT, np.int32), local_pos=np.full(shape, -1, np.int32),
+        patches=np.zeros_like(seq.patches), patch_pos=np.zeros_like(seq.patch_pos),
+        loss_mask=np.arange(seq_len)[None, :].repeat(rows, 0) > 0)
+
+
+def caption_rows(layout: VocabLayout, rows: int, seq_len: int, patch_size: int, seed: int = 2) -> TokenSequence:
+    """Packed captions of 32x32 images: <image> 4 patches </image> <bos> 10 caption tokens <eos>."""
+    rng = np.random.default_rng(seed)
+    special = [Modality.SPECIAL]
+    example = np.array(special + [Modality.IMAGE] * 4 + special * 2 + [Modality.TEXT] * 10 + special)
+    modality = np.resize(example, (rows, seq_len)).astype(np.int32)
+    ids = np.array([layout.special_id("<image>")] * 5 + [layout.special_id("</image>"), layout.special_id("<bos>")]
+                   + [0] * 10 + [layout.special_id("<eos>")])
+    tokens = np.resize(ids, (rows, seq_len))
+    tokens = np.where(modality == Modality.TEXT, rng.integers(0, layout.text_size, (rows, seq_len)), tokens)
+    target = np.resize(np.r_[np.zeros(7, bool), np.ones(11, bool)], (rows, seq_len))
+    segment = np.resize(np.repeat(np.arange(1, seq_len // len(example) + 2), len(example)), (rows, seq_len))
+    seq = atari_like_batch(layout, rows, seq_len, patch_size, seed)
+    return seq._replace(
+        tokens=tokens.astype(np.int32), modality=modality, local_pos=np.full((rows, seq_len), -1, np.int32),
+        patches=np.where((modality == Modality.IMAGE)[..., None], seq.patches, 0).astype(np.uint8),
+        patch_pos=np.where((modality == Modality.IMAGE)[..., None], seq.patch_pos % 64 * 2, 0).astype(np.int32),
+        loss_mask=target, segment_ids=segment.astype(np.int32))
+
+
+def mixture_batch(config, layout: VocabLayout) -> TokenSequence:
+    """A batch with the experiment's mixture: rows of Atari, packed text and packed captions in proportion
+    to `config.data.mixture` (largest remainder), so targets and image patches come in its shares."""
+    weights = dict(config.data.mixture) or {"atari": 1.0}
+    groups = {"text": weights.pop("text", 0.0), "captions": weights.pop("captions", 0.0)}
+    groups["atari"] = sum(weights.values())  # Every control task stands in as Atari rows.
+    total, b = sum(groups.values()), config.batch_size
+    exact = {k: b * w / total for k, w in groups.items()}
+    rows = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: rows[k] - exact[k])[: b - sum(rows.values())]:
+        rows[k] += 1
+    t, p = config.seq_len, config.model.patch_size
+    parts = [atari_like_batch(layout, rows["atari"], t, p), text_rows(layout, rows["text"], t, p),
+             caption_rows(layout, rows["captions"], t, p)]
+    return TokenSequence(*(np.concatenate(fields) for fields in zip(*parts)))
+
+
+def _with_train(config, sparse: bool):
+    config = config.copy_and_resolve_references()
+    config.train.sparse = sparse
+    return config
+
+
 def bench_train_step(config, repeats: int) -> dict:
-    """CPU MFU of a full train step (forward, backward, AdamW) and backward time over forward time."""
-    import optax
-
-    from gato_jax.train.optim import make_optimizer
-
+    """The train step `make train` runs (jitted, sharded, donated: `state.build`), plain and sparse
+    (`config.train.sparse`), timed alternately on one mixture batch; MFU against the machine's peak."""
     layout = layout_for(config)
-    model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    batch = atari_like_batch(layout, config.batch_size, config.seq_len, config.model.patch_size)
-    batch = jax.tree.map(jnp.asarray, batch)
-    tx = make_optimizer(config.optimizer, config.num_train_steps)
-    opt_state = tx.init(params)
-    key = jax.random.key(0)
-
-    def loss_fn(p):
-        return next_token_loss(nnx.merge(graphdef, p)(batch, deterministic=False, rngs=key), batch)[0]
-
-    forward = jax.jit(loss_fn)
-    grad = jax.jit(jax.value_and_grad(loss_fn))
-
-    @jax.jit
-    def step(p, o):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        updates, o = tx.update(g, o, p)
-        return optax.apply_updates(p, updates), o, loss
-
-    t_forward = median_time(lambda: forward(params).block_until_ready(), repeats)
-    t_grad = median_time(lambda: jax.block_until_ready(grad(params)), repeats)
-    t_step = median_time(lambda: jax.block_until_ready(step(params, opt_state)), repeats)
-    peak = measure_matmul_peak()
-    tokens = config.batch_size * config.seq_len
-    achieved = tokens * flops_per_token(config.model, config.seq_len, layout.padded_size) / t_step
-    return {
-        "mfu": achieved / peak, "backward_over_forward": (t_grad - t_forward) / t_forward,
-        "step_s": t_step, "tokens_per_s": tokens / t_step, "achieved_flops": achieved, "matmul_peak_flops": peak,
-        "inputs": {"model": config.model.preset, "batch": config.batch_size, "context": config.seq_len},
-    }
+    batch = mixture_batch(config, layout)
+    mesh = sharding_lib.make_mesh(config.mesh)
+    steps, times, metrics = {}, {"plain": [], "sparse": []}, {}
+    for name in times:
+        fns, state = state_lib.build(_with_train(config, name == "sparse"), layout.padded_size, mesh)
+        steps[name] = [fns, state, loop.to_global(batch, fns.batch_sharding)]
+    for i in range(repeats + 1):  # The first round compiles.
+        for name, entry in steps.items():
+            fns, state, global_batch = entry
+            start = time.perf_counter()
+            entry[1], out = fns.train_step(state, global_batch)
+            jax.block_until_ready((entry[1], out))
+            times[name].append(time.perf_counter() - start)
+            if i == 0:  # Same parameters, batch and step: both paths must give the same loss.
+                metrics[name] = reduce_metrics(jax.device_get(out))
+    if abs(metrics["plain"]["loss"] - metrics["sparse"]["loss"]) > 1e-4 * abs(metrics["plain"]["loss"]):
+        raise AssertionError(f"sparse step loss {metrics['sparse']['loss']} != plain {metrics['plain']['loss']}")
+    peak = peak_flops()
+    tokens = batch.tokens.size
+    out = {}
+    for name, ts in times.items():
+        step_s = statistics.median(ts[1:])
+        flops = step_flops(_with_train(config, name == "sparse"), layout.padded_size, batch)
+        out.update({f"{name}_step_s": step_s, f"{name}_tokens_per_s": tokens / step_s,
+                    f"{name}_flops_per_step": flops, f"{name}_mfu": flops / step_s / peak["peak"]})
+    out["speedup"] = out["sparse_tokens_per_s"] / out["plain_tokens_per_s"]
+    out["tokens_per_s"] = out["sparse_tokens_per_s"]  # What `make train` runs (the stream benchmark reads it).
+    out["mfu"] = out["sparse_mfu"]
+    out.update({"matmul_peak_flops": peak["measured"], "fma_peak_flops": peak["theoretical"],
+                "fma_peak_how": peak["how"], "mfu_denominator": peak["peak"],
+                "bf16_over_f32_matmul": measure_matmul_peak(dtype="bfloat16") / measure_matmul_peak(),
+                "target_fraction": float(batch.loss_mask[:, 1:].mean()),
+                "image_fraction": float((batch.modality == Modality.IMAGE).mean())})
+    out["inputs"] = {"model": config.model.preset, "batch": config.batch_size, "context": config.seq_len,
+                     "mesh": "x".join(str(v) for v in mesh.shape.values())}
+    return out
 
 
 def bench_decode(config, repeats: int, context: int = 1024) -> dict:
@@ -129,6 +196,9 @@ def bench_decode(config, repeats: int, context: int = 1024) -> dict:
     same = bool(jnp.argmax(logits_full) == jnp.argmax(logits_cached))
     t_full = median_time(lambda: full(state, seq).block_until_ready(), repeats)
     t_cached = median_time(lambda: step(state, last, cache).block_until_ready(), repeats)
+    if not same or t_full / t_cached < MIN_DECODE_SPEEDUP:
+        raise AssertionError(f"KV decode at a {context}-token context: same next token {same}, speed-up "
+                             f"{t_full / t_cached:.1f}x (wanted >= {MIN_DECODE_SPEEDUP}x).")
     return {"speedup": t_full / t_cached, "full_s": t_full, "cached_s": t_cached, "same_next_token": same,
             "max_abs_logit_diff": float(jnp.max(jnp.abs(logits_full - logits_cached))),
             "inputs": {"model": config.model.preset, "batch": 1, "context": context}}
@@ -147,12 +217,17 @@ def bench_stream(config, repeats: int, train_result: dict | None = None) -> dict
             "inputs": {"model": config.model.preset, "batch": config.batch_size, "context": config.seq_len}}
 
 
-def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int = 8) -> dict:
+def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int | None = None) -> dict:
     """Batched acting on a real env: tokens/s during rollouts over a plain batched forward pass's tokens/s,
-    and env steps/s with the agent in the loop over raw vector-env steps/s (random actions)."""
+    and env steps/s with the agent in the loop over raw vector-env steps/s (random actions).
+
+    `num_envs` defaults to the experiment's `config.eval.num_envs`: the batch `make eval` acts with.
+    """
     from data_pipelines.tasks import task_spec
     from gato_jax.load import Loaded
     from gato_jax.rollout.bench import measure_acting
+
+    num_envs = int(num_envs or config.eval.num_envs)
 
     layout = layout_for(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))

@@ -101,16 +101,6 @@ def tiny_fns() -> Fns:
 
 
 @pytest.fixture(scope="module")
-def fns():
-    return tiny_fns()
-
-
-@pytest.fixture(scope="module")
-def gapped():
-    return make_batch(one_segment_with_gaps(), seed=1)
-
-
-@pytest.fixture(scope="module")
 def full_logits(fns, gapped):
     return np.asarray(fns.forward(fns.state, gapped))
 
@@ -287,7 +277,12 @@ def test_flops_per_token_formula():
     cfg = configs.model_config("gato_79m")
     v, d = 34176, 768
     n = 8 * (4 * d * 768 + 2 * d * 3072) + v * d
-    assert flops_per_token(cfg, 1024, v) == 6 * n + 12 * 8 * 768 * 1024
+    # Patch ResNet forward per patch: stem 4x4x3 -> 32 on a 4x4 grid, two 3x3 convs, projection 512 -> D.
+    patch = 2 * 16 * 48 * 32 + 2 * (2 * 16 * 9 * 32 * 32) + 2 * 512 * d
+    assert flops_per_token(cfg, 1024, v) == 6 * n + 12 * 8 * 768 * 1024 + 3 * patch
+    sparse = flops_per_token(cfg, 1024, v, image_fraction=0.5, logits_fraction=0.25, patch_matmuls=True)
+    patch_matmuls = 2 * 16 * 48 * 32 + 2 * (2 * 512 * 512) + 2 * 512 * d
+    assert sparse == 6 * (n - 0.75 * v * d) + 12 * 8 * 768 * 1024 + 3 * 0.5 * patch_matmuls
 
 
 def test_training_mode_samples_patch_positions(fns, gapped):

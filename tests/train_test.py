@@ -33,6 +33,8 @@ def tiny_config(**overrides):
     c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 5, 20, 1, 20
     c.optimizer.peak_lr, c.optimizer.warmup_steps = 1e-2, 5
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+    # One cap each (a third of positions are targets): the sparse step, with one branch fewer to compile.
+    c.train.loss_position_caps, c.train.image_position_caps = (0.5,), (0.5,)
     for key, value in overrides.items():
         c[key] = value
     return c
@@ -136,6 +138,17 @@ def one_device_grads():
     return config, batch, _loss_and_grads(config, one_device_mesh(), batch)
 
 
+def test_sparse_step_equals_plain_step(one_device_grads):
+    """The config's sparse step (logits gathered under a cap) against the plain one; a batch over every
+    cap is tests/sparse_test.py's."""
+    config, batch, (sparse_loss, sparse_grads) = one_device_grads
+    assert state_lib.StepOptions.from_config(config).sparse
+    loss, grads = _loss_and_grads(config, one_device_mesh(), batch, state_lib.StepOptions())
+    np.testing.assert_allclose(sparse_loss, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(sparse_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("mesh_shape", [
     (2, 2, 2),
     pytest.param((8, 1, 1), marks=pytest.mark.slow),
@@ -152,15 +165,17 @@ def test_sharded_loss_and_grads_match_one_device(one_device_grads, mesh_shape):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def _loss_and_grads(config, mesh, batch: TokenSequence):
-    """Loss and gradients of freshly created (sharded) parameters; no optimizer involved."""
+def _loss_and_grads(config, mesh, batch: TokenSequence, options: state_lib.StepOptions | None = None):
+    """Loss and gradients of freshly created (sharded) parameters; no optimizer involved. The step's
+    options come from the config unless given."""
+    options = state_lib.StepOptions.from_config(config) if options is None else options
     model = sharding_lib.create_sharded_model(config.model, LAYOUT.padded_size, mesh, config.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     global_batch = loop.to_global(batch, sharding_lib.batch_sharding(mesh))
     rng = jax.random.key_data(jax.random.key(0))
 
     def loss_fn(p):
-        return state_lib._loss_fn(graphdef, rest, p, global_batch, rng, True)[0]
+        return state_lib._loss_fn(graphdef, rest, p, global_batch, rng, True, options)[0]
 
     with jax.set_mesh(mesh):
         loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gato_jax import sharding
+from gato_jax.model import sparse
 from gato_jax.model.layers import ModelDims, fan_in_init, partitioned
 from gato_jax.tokenizers.sequence import (
     IMAGE_CHANNELS,
@@ -38,6 +39,9 @@ from gato_jax.tokenizers.sequence import (
 )
 
 GROUPS = 32  # GroupNorm groups in the patch block [P/A].
+# Widest grid (G*G*C) whose 3x3 conv `PatchResNet(as_matmuls=True)` runs as one dense matrix; wider ones
+# (a stem stride under 4) keep the conv.
+MAX_DENSE_CONV_WIDTH = 2048
 
 
 def _conv(dims: ModelDims, c_in: int, c_out: int, kernel: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
@@ -71,15 +75,43 @@ class PatchResNet(nnx.Module):
             kernel_init=partitioned(fan_in_init(), ("patch_flat", "embed")),
             bias_init=partitioned(nnx.initializers.zeros, ("embed",)), rngs=rngs, **dims.dtypes())
 
-    def __call__(self, patches_BxTxP: jax.Array) -> jax.Array:
+    def __call__(self, patches_BxTxP: jax.Array, as_matmuls: bool = False) -> jax.Array:
+        """Embeddings [B, T, D]. `as_matmuls` computes the same convolutions as matrix products
+        (`_stem_matmul`, `_conv3x3_matmul`): XLA's CPU convolutions on a 4x4 grid ran at a fraction of
+        its matmul speed, and their kernel gradients inside `lax.switch` far slower still."""
         b, t, _ = patches_BxTxP.shape
         p = self.patch_size
         x_NxPxPx3 = normalize_patches(patches_BxTxP, p).reshape(b * t, p, p, IMAGE_CHANNELS)
-        h_NxGxGxC = self.stem(x_NxPxPx3)
-        r_NxGxGxC = self.conv1(jax.nn.gelu(self.norm1(h_NxGxGxC), approximate=True))
-        r_NxGxGxC = self.conv2(jax.nn.gelu(self.norm2(r_NxGxGxC), approximate=True))
+        dense = as_matmuls and self.grid * self.grid * self.conv1.out_features <= MAX_DENSE_CONV_WIDTH
+        conv = self._conv3x3_matmul if dense else (lambda layer, x: layer(x))
+        h_NxGxGxC = self._stem_matmul(x_NxPxPx3) if as_matmuls else self.stem(x_NxPxPx3)
+        r_NxGxGxC = conv(self.conv1, jax.nn.gelu(self.norm1(h_NxGxGxC), approximate=True))
+        r_NxGxGxC = conv(self.conv2, jax.nn.gelu(self.norm2(r_NxGxGxC), approximate=True))
         h_NxGxGxC = h_NxGxGxC + r_NxGxGxC
         return self.proj(h_NxGxGxC.reshape(b, t, -1))
+
+    def _stem_matmul(self, x_NxPxPx3: jax.Array) -> jax.Array:
+        """The stem conv (kernel = stride = S, no padding): each S x S block times the kernel."""
+        n, g = x_NxPxPx3.shape[0], self.grid
+        s = self.patch_size // g
+        dtype = self.stem.dtype or x_NxPxPx3.dtype
+        x_NxGxSxGxSx3 = x_NxPxPx3.reshape(n, g, s, g, s, IMAGE_CHANNELS).astype(dtype)
+        kernel_SxSx3xC = self.stem.kernel[...].astype(dtype)
+        h_NxGxGxC = jnp.einsum("nasbtc,stcd->nabd", x_NxGxSxGxSx3, kernel_SxSx3xC)
+        return h_NxGxGxC + self.stem.bias[...].astype(dtype)[None, None, None, :]
+
+    def _conv3x3_matmul(self, layer: nnx.Conv, x_NxGxGxC: jax.Array) -> jax.Array:
+        """A 3x3 'SAME' conv over the G x G grid as one [G*G*C, G*G*C] matrix (zeros where a kernel tap
+        falls off the grid): 9/4 the FLOPs of the conv at G=4, at dense-matmul speed."""
+        n, g, _, c = x_NxGxGxC.shape
+        dtype = layer.dtype or x_NxGxGxC.dtype
+        i_G = jnp.arange(g)
+        # tap_GxGx3[i, o, k]: input i feeds output o through kernel tap k (k = i - o + 1).
+        tap_GxGx3 = (i_G[:, None, None] - i_G[None, :, None] + 1 == jnp.arange(3)[None, None, :]).astype(dtype)
+        kernel_3x3xCxC = layer.kernel[...].astype(dtype)
+        matrix = jnp.einsum("iok,jpl,klcd->ijcopd", tap_GxGx3, tap_GxGx3, kernel_3x3xCxC).reshape(g * g * c, -1)
+        y_NxF = x_NxGxGxC.reshape(n, g * g * c).astype(dtype) @ matrix
+        return y_NxF.reshape(n, g, g, -1) + layer.bias[...].astype(dtype)[None, None, None, :]
 
 
 def _table(dims: ModelDims, entries: int, *, rngs: nnx.Rngs) -> nnx.Embed:
@@ -122,15 +154,42 @@ class Embedder(nnx.Module):
         self.patch_row = _table(dims, PATCH_POS_BUCKETS, rngs=rngs)
         self.patch_col = _table(dims, PATCH_POS_BUCKETS, rngs=rngs)
 
-    def __call__(self, seq: TokenSequence, *, key: jax.Array | None = None) -> jax.Array:
-        """`key` samples patch positions (training); None uses interval means (evaluation)."""
+    def __call__(self, seq: TokenSequence, *, key: jax.Array | None = None,
+                 image_caps: tuple[int, ...] | None = None) -> jax.Array:
+        """`key` samples patch positions (training); None uses interval means (evaluation).
+
+        `image_caps` None runs the patch ResNet (convolutions) at every position. A tuple (static ints,
+        ascending) runs it as matrix products, only on the image positions, gathered up to the smallest
+        cap that holds them (at every position when none does): the same embeddings, faster.
+        """
         token_BxTxD = lookup(self.token, seq.tokens, "vocab") * jnp.asarray(self.scale, self.token.dtype)
-        image_BxTxD = self.patch(seq.patches) + self._patch_positions(seq.patch_pos, key)
-        is_image_BxTx1 = (seq.modality == Modality.IMAGE)[..., None]
-        x_BxTxD = jnp.where(is_image_BxTx1, image_BxTxD, token_BxTxD)
+        is_image_BxT = seq.modality == Modality.IMAGE
+        image_BxTxD = self._patch_embeddings(seq.patches, is_image_BxT, image_caps)
+        image_BxTxD = image_BxTxD + self._patch_positions(seq.patch_pos, key)
+        x_BxTxD = jnp.where(is_image_BxT[..., None], image_BxTxD, token_BxTxD)
         local_BxT = seq.local_pos
         local_BxTxD = lookup(self.local_pos, jnp.clip(local_BxT, 0, MAX_LOCAL_POSITIONS))
         return x_BxTxD + jnp.where((local_BxT >= 0)[..., None], local_BxTxD, jnp.zeros_like(local_BxTxD))
+
+    def _patch_embeddings(self, patches_BxTxP: jax.Array, is_image_BxT: jax.Array,
+                          image_caps: tuple[int, ...] | None) -> jax.Array:
+        """Patch ResNet output [B, T, D]; with caps, zeros at non-image positions (masked out anyway)."""
+        if image_caps is None:
+            return self.patch(patches_BxTxP)
+        b, t, p = patches_BxTxP.shape
+        patches_NxP = patches_BxTxP.reshape(b * t, p)
+
+        def gathered(idx_K: jax.Array, valid_K: jax.Array) -> jax.Array:
+            del valid_K  # Fill indices (N) gather zeros and are dropped on the scatter back.
+            patches_1xKxP = patches_NxP.at[idx_K].get(mode="fill", fill_value=0)[None]
+            emb_KxD = self.patch(patches_1xKxP, as_matmuls=True)[0]
+            return jnp.zeros((b * t, emb_KxD.shape[-1]), emb_KxD.dtype).at[idx_K].set(emb_KxD, mode="drop")
+
+        def everywhere() -> jax.Array:
+            return self.patch(patches_BxTxP, as_matmuls=True).reshape(b * t, -1)
+
+        emb_NxD = sparse.at_masked_positions(is_image_BxT.reshape(-1), image_caps, gathered, everywhere)
+        return emb_NxD.reshape(b, t, -1)
 
     def _patch_positions(self, patch_pos_BxTx4: jax.Array, key: jax.Array | None) -> jax.Array:
         row_key, col_key = (None, None) if key is None else jax.random.split(key)

@@ -1,12 +1,15 @@
 """Model size and training cost, computed from the config without allocating parameters.
 
 `flops_per_token` (training, forward + backward) follows the PaLM appendix-B convention:
-    6 * N  +  12 * L * H * K * seq_len
+    6 * N  +  12 * L * H * K * seq_len  +  3 * patch ResNet forward
 where N counts the parameters of every matmul a token goes through: per layer the q, k, v and output
 projections (4 * D * H * K) and the MLP (2 * D * F), plus the tied logits projection (V * D). The second
 term is attention scores and weighted values (2 matmuls of H*K x seq_len per layer, forward and
-backward, counted as full rather than causal, as PaLM does). Ignored as < 1-2% of the total: biases,
-norms, position tables (lookups) and the patch ResNet (~1.4 MFLOP per token at the default stem).
+backward, counted as full rather than causal, as PaLM does). The third is the patch ResNet's convolutions
+and projection (`patch_flops`) wherever it runs: every position in the plain pass. The sparse train step
+runs the logits and the ResNet on fewer positions (`image_fraction`, `logits_fraction`), the ResNet's
+3x3 convolutions as dense matrices (`patch_matmuls`). Ignored as < 1% of the total: biases, norms,
+activations and position tables (lookups).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from gato_jax.model.embed import MAX_DENSE_CONV_WIDTH
 from gato_jax.model.layers import ModelDims
 
 
@@ -33,8 +37,28 @@ def matmul_params(model_config: ml_collections.ConfigDict, vocab_size: int) -> i
     return d.num_layers * per_layer + vocab_size * d.d_model
 
 
-def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int, vocab_size: int) -> float:
-    """Training FLOPs per token (forward and backward), see the module docstring."""
+def patch_flops(model_config: ml_collections.ConfigDict, as_matmuls: bool = False) -> float:
+    """Forward FLOPs of the patch ResNet on one patch: stem conv, two 3x3 convs, projection to D.
+
+    `as_matmuls`: the 3x3 convs as one dense [G*G*C, G*G*C] matrix each (`PatchResNet(as_matmuls=True)`).
+    """
+    d = ModelDims.from_config(model_config)
+    g, c = d.patch_size // d.patch_stem_stride, d.resnet_channels
+    stem = 2 * g * g * (d.patch_stem_stride**2 * 3) * c
+    conv = 2 * (g * g * c) ** 2 if as_matmuls and g * g * c <= MAX_DENSE_CONV_WIDTH else 2 * g * g * 9 * c * c
+    return float(stem + 2 * conv + 2 * g * g * c * d.d_model)
+
+
+def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int, vocab_size: int, *,
+                    image_fraction: float = 1.0, logits_fraction: float = 1.0, patch_matmuls: bool = False) -> float:
+    """Training FLOPs per token (forward and backward), see the module docstring.
+
+    Defaults: the plain pass (logits and patch ResNet at every position). `image_fraction` and
+    `logits_fraction` are the fractions of positions the ResNet and the logits run at.
+    """
     d = ModelDims.from_config(model_config)
     attention = 12 * d.num_layers * d.num_heads * d.head_dim * seq_len
-    return float(6 * matmul_params(model_config, vocab_size) + attention)
+    blocks = matmul_params(model_config, vocab_size) - vocab_size * d.d_model
+    logits = logits_fraction * vocab_size * d.d_model
+    patches = image_fraction * patch_flops(model_config, patch_matmuls)
+    return float(6 * (blocks + logits) + attention + 3 * patches)

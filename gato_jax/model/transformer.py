@@ -3,10 +3,11 @@
 Array key: B = batch, T = tokens, t = tokens in a decode chunk, S = cache slots, D = d_model,
 V = vocabulary, L = layers, H = heads, K = head_dim.
 
-Two entry points share the weights: `__call__` (training, scoring) over whole TokenSequences, and
-`decode` (acting, sampling) over chunks appended to a KVCache. Tests hold them equal. Both build the
-attention mask and, with `model.position_bias="alibi"`, the query-key distances once, outside the
-scan over layers.
+Two entry points share the weights: `__call__` (scoring) over whole TokenSequences, and `decode`
+(acting, sampling) over chunks appended to a KVCache. Tests hold them equal. Both build the attention
+mask and, with `model.position_bias="alibi"`, the query-key distances once, outside the scan over
+layers. Training calls `hidden` (the stream before the logits), then `logits` only where a target
+follows (`train.loss`).
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def abstract_model(model_config: ml_collections.ConfigDict, vocab_size: int, see
 
 
 class Gato(nnx.Module):
-    """Decoder-only transformer over TokenSequences (GATO_SPEC.md, "Model").
+    """Decoder-only transformer over TokenSequences (docs/TOKEN_FORMAT.md, "Model sizes").
 
     Output logits are tied to the token table [D] (the paper's sizes are only within 10% that way).
     Blocks are stacked on a leading layer axis and run with `jax.lax.scan`; `model.remat` wraps the
@@ -129,12 +130,26 @@ class Gato(nnx.Module):
         replaces the ALiBi distances query index - key index, e.g. with the re-based prompt distances of a
         ring cache (`cache.pinned_prefix_distance`); it is ignored when `model.position_bias="none"`.
         """
+        return self.logits(self.hidden(seq, deterministic, rngs, mask, distance))
+
+    def hidden(self, seq: TokenSequence, deterministic: bool = True,
+               rngs: nnx.Rngs | jax.Array | None = None, mask: jax.Array | None = None,
+               distance: jax.Array | None = None, image_caps: tuple[int, ...] | None = None,
+               unroll: int = 1) -> jax.Array:
+        """The residual stream after the last block, [B, T, D] (before the final norm): `logits` of it
+        is `__call__`. Training takes logits only where a target follows (`train.loss`).
+
+        Arguments as `__call__`; `image_caps` (a tuple, possibly empty) runs the patch ResNet as matrix
+        products on image positions only (`Embedder.__call__`): the same embeddings, faster. `unroll`:
+        layers per iteration of the scan over layers, 0 for all (the backward pass then stacks no
+        per-layer residuals; on CPU that was ~15% of a train step).
+        """
         seq = TokenSequence(*(jnp.asarray(field) for field in seq))
         embed_key, keys_L = None, None
         if not deterministic:
             embed_key, layers_key = jax.random.split(_as_key(rngs))
             keys_L = jax.random.split(layers_key, self.dims.num_layers)
-        x_BxTxD = sharding.constrain(self.embed(seq, key=embed_key), ACTIVATION_AXES)
+        x_BxTxD = sharding.constrain(self.embed(seq, key=embed_key, image_caps=image_caps), ACTIVATION_AXES)
         mask_BxTxT = segment_mask(seq.segment_ids) if mask is None else jnp.asarray(mask)
         distance_BxTxT = None
         if self.dims.position_bias == "alibi":
@@ -148,10 +163,11 @@ class Gato(nnx.Module):
 
         if self.dims.remat:  # Keep only each block's input; recompute the rest in the backward pass.
             body = jax.checkpoint(body, prevent_cse=False)
-        x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, (state_L, keys_L))
-        return self.logits(x_BxTxD)
+        x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, (state_L, keys_L), unroll=unroll or self.dims.num_layers)
+        return x_BxTxD
 
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+        """Final norm and tied projection of a residual stream [B, T, D]: float32 logits [B, T, V]."""
         logits_BxTxV = self.embed.attend(self.final_norm(x_BxTxD))
         return sharding.constrain(logits_BxTxV, LOGIT_AXES)
 
@@ -168,6 +184,13 @@ class Gato(nnx.Module):
         re-based before the oldest live token (`cache` module docstring). Shapes are fixed by (B, t, S),
         so jit compiles once per t.
         """
+        x_BxtxD, cache = self.decode_hidden(seq_chunk, cache)
+        return self.logits(x_BxtxD), cache
+
+    def decode_hidden(self, seq_chunk: TokenSequence,
+                      cache: cache_lib.KVCache) -> tuple[jax.Array, cache_lib.KVCache]:
+        """`decode` without the logits: the stream [B, t, D] and the new cache. Acting samples only from a
+        chunk's last position, so it projects just that one onto the vocabulary (`logits`)."""
         seq_chunk = TokenSequence(*(jnp.asarray(field) for field in seq_chunk))
         x_BxtxD = self.embed(seq_chunk)
         mask_Bxtx_S_t = cache_lib.chunk_mask(cache, seq_chunk.segment_ids)
@@ -184,4 +207,4 @@ class Gato(nnx.Module):
 
         x_BxtxD, (k_LxBxtxHxK, v_LxBxtxHxK) = jax.lax.scan(body, x_BxtxD, (state_L, cache.keys, cache.values))
         cache = cache_lib.append(cache, k_LxBxtxHxK, v_LxBxtxHxK, seq_chunk.segment_ids)
-        return self.logits(x_BxtxD), cache
+        return x_BxtxD, cache

@@ -17,14 +17,13 @@ import numpy as np
 import tqdm
 
 from gato_jax import sharding as sharding_lib
-from gato_jax.model import flops_per_token
 from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import distributed
 from gato_jax.train import state as state_lib
 from gato_jax.train.checkpoint import Checkpointer, CheckpointError
 from gato_jax.train.data import TrainData
-from gato_jax.train.flops import measure_matmul_peak
+from gato_jax.train.flops import peak_flops, step_flops
 from gato_jax.train.loss import reduce_metrics
 from gato_jax.train.metrics_writer import MetricsWriter
 from gato_jax.train.optim import make_schedule
@@ -112,24 +111,33 @@ def _evaluate(fns, state, eval_batches: list[TokenSequence]) -> dict[str, float]
 
 
 class _Throughput:
-    """Tokens/s and MFU over the steps since the last log."""
+    """Tokens/s and MFU over the steps since the last log: the FLOPs the steps executed (`step_flops`:
+    the sparse path counts the logits and patch ResNet only where it ran them) over the higher of the
+    measured matmul peak and the CPU's FMA peak (`train.flops.peak_flops`)."""
 
     def __init__(self, config, vocab_size: int):
+        self.config, self.vocab_size = config, vocab_size
         self.tokens_per_step = config.batch_size * config.seq_len
-        self.flops_per_token = flops_per_token(config.model, config.seq_len, vocab_size)
         self.peak = None
         self.last_time, self.last_step = time.perf_counter(), None
+        self.flops_per_token: list[float] = []  # One entry per step since the last log.
+
+    def count(self, local_batch: TokenSequence) -> None:
+        """Records the FLOPs per token of a step's (process-local, numpy) batch."""
+        self.flops_per_token.append(step_flops(self.config, self.vocab_size, local_batch) / local_batch.tokens.size)
 
     def measure(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
+        per_token = float(np.mean(self.flops_per_token)) if self.flops_per_token else 0.0
+        self.flops_per_token = []
         if self.last_step is None:
             self.last_time, self.last_step = now, step
             return {}
         tokens_per_s = (step - self.last_step) * self.tokens_per_step / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
         if self.peak is None:
-            self.peak = measure_matmul_peak()  # Fake CPU devices share the host's cores: count it once.
-        return {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / self.peak}
+            self.peak = peak_flops()["peak"]  # Fake CPU devices share the host's cores: count it once.
+        return {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * per_token / self.peak}
 
 
 def _check_finite(step: int, metrics: dict[str, float], checkpointer: Checkpointer) -> None:
@@ -216,7 +224,9 @@ def _run_steps(config, data: TrainData, fns, state, checkpointer: Checkpointer, 
     pending = None
     try:
         for step in range(int(state.step), min(last_step, config.num_train_steps)):
-            batch = to_global(next(data.train_iter), fns.batch_sharding)
+            local_batch = next(data.train_iter)
+            reporter.throughput.count(local_batch)
+            batch = to_global(local_batch, fns.batch_sharding)
             data_state = data.train_iter.get_state()
             state, metrics = fns.train_step(state, batch)
             if pending is not None:

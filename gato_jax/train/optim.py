@@ -1,4 +1,4 @@
-"""The optimizer of GATO_SPEC.md ("Training"): AdamW with linear warm-up then cosine decay, clipped."""
+"""The optimizer of docs/TOKEN_FORMAT.md ("Training"): AdamW with linear warm-up then cosine decay, clipped."""
 from __future__ import annotations
 
 import jax

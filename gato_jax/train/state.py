@@ -3,6 +3,10 @@
 The model is split once into a graph definition (static), its parameters (trained) and any other
 variables (kept as they are). A step is then a pure function of (TrainState, batch): parameters and
 optimizer moments keep the shardings they were created with, and the old state is donated.
+
+`config.train.sparse` (default) computes logits only where a target follows and the patch ResNet only at
+image positions (`StepOptions`); the same loss and gradients as the plain path, which `make bench` times
+beside it.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gato_jax import sharding as sharding_lib
 from gato_jax.model import Gato
+from gato_jax.model.sparse import caps_from_fractions
 from gato_jax.tokenizers.sequence import TokenSequence, patch_dim_for
-from gato_jax.train.loss import next_token_loss
+from gato_jax.train.loss import loss_at_targets, next_token_loss
 from gato_jax.train.optim import make_optimizer
 
 
@@ -55,17 +60,40 @@ def _opt_state_shardings(tx, abstract_opt_state, params_shardings, mesh: Mesh):
     )
 
 
-def _loss_fn(graphdef, rest, params, batch: TokenSequence, rng: jax.Array, deterministic: bool):
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """How the loss is computed (`config.train`); the default is the plain path (everything everywhere)."""
+
+    sparse: bool = False
+    loss_position_caps: tuple[float, ...] = ()  # Fractions of the batch's positions.
+    image_position_caps: tuple[float, ...] = ()
+    unroll: int = 1  # Layers per scan iteration (0: all).
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> StepOptions:
+        train = config.get("train")  # Configs saved before the section existed ran the plain path.
+        if train is None or not train.sparse:
+            return cls()
+        return cls(True, tuple(float(f) for f in train.loss_position_caps),
+                   tuple(float(f) for f in train.image_position_caps), int(train.scan_unroll))
+
+
+def _loss_fn(graphdef, rest, params, batch: TokenSequence, rng: jax.Array, deterministic: bool,
+             options: StepOptions = StepOptions()):
     model = nnx.merge(graphdef, params, rest)
-    logits = model(batch, deterministic=deterministic, rngs=nnx.Rngs(rng))
-    return next_token_loss(logits, batch)
+    if not options.sparse:
+        return next_token_loss(model(batch, deterministic=deterministic, rngs=nnx.Rngs(rng)), batch)
+    n = batch.tokens.shape[0] * batch.tokens.shape[1]
+    hidden = model.hidden(batch, deterministic=deterministic, rngs=nnx.Rngs(rng),
+                          image_caps=caps_from_fractions(options.image_position_caps, n), unroll=options.unroll)
+    return loss_at_targets(hidden, model.logits, batch, caps_from_fractions(options.loss_position_caps, n))
 
 
-def _make_train_step(graphdef, rest, tx):
+def _make_train_step(graphdef, rest, tx, options: StepOptions):
     def train_step(state: TrainState, batch: TokenSequence) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(
-            lambda p: _loss_fn(graphdef, rest, p, batch, step_rng, deterministic=False), has_aux=True)
+            lambda p: _loss_fn(graphdef, rest, p, batch, step_rng, False, options), has_aux=True)
         (_, metrics), grads = grad_fn(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -75,22 +103,23 @@ def _make_train_step(graphdef, rest, tx):
     return train_step
 
 
-def _make_eval_step(graphdef, rest):
+def _make_eval_step(graphdef, rest, options: StepOptions):
     def eval_step(state: TrainState, batch: TokenSequence) -> dict:
-        _, metrics = _loss_fn(graphdef, rest, state.params, batch, state.rng, deterministic=True)
+        _, metrics = _loss_fn(graphdef, rest, state.params, batch, state.rng, True, options)
         return metrics
 
     return eval_step
 
 
-def _jit_steps(graphdef, rest, tx, state_shardings: TrainState, batch_sharding: NamedSharding):
+def _jit_steps(graphdef, rest, tx, state_shardings: TrainState, batch_sharding: NamedSharding,
+               options: StepOptions):
     train_step = jax.jit(
-        _make_train_step(graphdef, rest, tx),
+        _make_train_step(graphdef, rest, tx, options),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
-    eval_step = jax.jit(_make_eval_step(graphdef, rest), in_shardings=(state_shardings, batch_sharding))
+    eval_step = jax.jit(_make_eval_step(graphdef, rest, options), in_shardings=(state_shardings, batch_sharding))
     return train_step, eval_step
 
 
@@ -108,11 +137,13 @@ _STEP_CACHE: dict = {}
 def _cached_steps(config, vocab_size: int, mesh: Mesh, graphdef, rest, shardings: TrainState):
     """Reuses jitted steps for an identical model, optimizer and mesh, so a resumed run (or the next
     test) in the same process compiles nothing again."""
-    key = (config.model.to_json(), config.optimizer.to_json(), config.num_train_steps, vocab_size, mesh)
+    options = StepOptions.from_config(config)
+    key = (config.model.to_json(), config.optimizer.to_json(), config.num_train_steps, vocab_size, mesh, options)
     if key not in _STEP_CACHE or jax.tree.leaves(rest):
         tx = make_optimizer(config.optimizer, config.num_train_steps)
         batch_sharding = sharding_lib.batch_sharding(mesh)
-        _STEP_CACHE[key] = (tx, batch_sharding, *_jit_steps(graphdef, rest, tx, shardings, batch_sharding))
+        _STEP_CACHE[key] = (tx, batch_sharding,
+                            *_jit_steps(graphdef, rest, tx, shardings, batch_sharding, options))
     return _STEP_CACHE[key]
 
 
@@ -153,7 +184,8 @@ def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int, mesh:
                           jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((2,), jnp.uint32))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     batch = abstract_batch(config.batch_size, config.seq_len, config.model.patch_size)
-    train_step, _ = _jit_steps(graphdef, rest, tx, shardings, sharding_lib.batch_sharding(mesh))
+    train_step, _ = _jit_steps(graphdef, rest, tx, shardings, sharding_lib.batch_sharding(mesh),
+                               StepOptions.from_config(config))
     with jax.set_mesh(mesh):
         compiled = train_step.lower(abstract, batch).compile()
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
