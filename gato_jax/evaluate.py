@@ -3,7 +3,7 @@
 Any config field can be overridden, e.g. `--config.eval.episodes=10 --config.eval.prompted=False`.
 
 Parses flags and hands over to `gato_jax.rollout.evaluate.evaluate`; a missing or incompatible
-checkpoint ends with one line saying what to do, not a traceback.
+checkpoint, or missing held-out data, ends with one line saying what to do, not a traceback.
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     del argv
     logging.getLogger().setLevel(logging.WARNING)
-    from gato_jax.rollout.evaluate import evaluate
+    from gato_jax.rollout.evaluate import MissingDataError, evaluate
     from gato_jax.train.checkpoint import CheckpointError
 
     try:
         report = evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
-    except CheckpointError as err:
+    except (CheckpointError, MissingDataError) as err:
         sys.exit(f"error: {err}")
     with open(report["files"]["md"]) as f:
         print(f.read())

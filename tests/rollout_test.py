@@ -103,7 +103,8 @@ TASK_HOOKS = eval_lib.TaskHooks(
     make_env=lambda name, *, sticky_actions, max_steps, seed: Corridor(max_steps),
     action_to_env=lambda name, action: int(action["move"]),
     load_episodes=lambda data_dir, name, split: [corridor_episode(0, 7), corridor_episode(2, 5)],
-    load_metadata=lambda data_dir, name: {"expert_return": 0.5, "random_return": -2.0},
+    load_metadata=lambda data_dir, name: {"expert_return": 0.5, "random_return": -2.0,
+                                          "expert_returns": [0.0, 1.0], "random_returns": [-3.0, -2.0, -1.0]},
 )
 
 
@@ -121,13 +122,16 @@ def tiny_config():
 
 
 def caption_examples(n: int = 3) -> list[dict]:
+    """Two scenes (one of a novel colour-shape pair) and a digit, in the captions dataset's layout."""
     from data_pipelines import captions
 
-    scenes = [captions.Scene(1, "red", "triangle", "left"), captions.Scene(2, "green", "circle", "top"),
-              captions.Scene(3, "white", "square", "bottom")][:n]
+    scenes = [captions.Scene(1, "red", "triangle", "left"), captions.Scene(2, "green", "circle", "top")]
     rng = np.random.default_rng(0)
-    return [{"image": captions.draw_scene(s, 32, rng), "caption": captions.caption(s), "novel": s.novel}
-            for s in scenes]
+    out = [{"image": captions.draw_scene(s, 32, rng), "caption": captions.caption(s), "source": "scene",
+            "novel": s.novel} for s in scenes]
+    digit = captions.render_digit(np.eye(8, dtype=np.uint8) * 16, 32)
+    out.append({"image": digit, "caption": captions.digit_caption(7), "source": "digit", "novel": False})
+    return out[:n]
 
 
 TEXT = ["to be or not to be that is the question", "whether tis nobler in the mind to suffer",
@@ -251,7 +255,7 @@ def test_agent_samples_valid_ids_and_compiles_once(loaded):
     key, rng, traces, ids = jax.random.key(0), np.random.default_rng(0), agent_lib.TRACES["act"], []
     for step in range(30):
         if step in (0, 15):
-            cache = agent.initial_cache(None if step == 0 else _prompt(agent))
+            cache = agent.initial_state(None if step == 0 else _prompt(agent))
         key, act_key = jax.random.split(key)
         reset_B = rng.random(B) < 0.2
         observations = [env.reset(seed=step)[0] if r else o for env, o, r in zip(envs, observations, reset_B)]
@@ -298,7 +302,7 @@ def test_cached_action_logits_equal_full_forward(loaded, prompted):
     over the same token history sees under the equivalent attention mask and ALiBi distances."""
     agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN)
     prompt = _prompt(agent) if prompted else None
-    cache = agent.initial_cache(prompt)
+    cache = agent.initial_state(prompt)
     p = 0 if prompt is None else prompt.length
     history, starts, logits, action_writes = ([] if prompt is None else [prompt]), [], [], []
     start_B, written = np.zeros(B, int), p
@@ -354,11 +358,13 @@ def test_run_episodes_counts_seeded_episodes(loaded):
 def test_normalized_scores():
     assert report.normalized_score(5.0, 1.0, 9.0) == 0.5
     assert math.isnan(report.normalized_score(1.0, 2.0, 2.0))
-    refs = report.References(random=-20.7, expert=21.0, human=14.6, human_random=-20.7)
+    refs = report.References(random=-20.7, expert=21.0, random_std=0.5, expert_std=2.0, random_episodes=30,
+                             expert_episodes=30)
     entry = report.task_scores([-20.7, 21.0], refs, prompted=False)
     assert entry["return_mean"] == pytest.approx(0.15) and entry["return_std"] == pytest.approx(20.85)
-    assert entry["normalized"] == pytest.approx(0.5) and entry["human_normalized"] == pytest.approx(20.85 / 35.3)
-    assert "human_normalized" not in report.task_scores([1.0], report.References(0.0, 2.0), prompted=True)
+    assert entry["normalized"] == pytest.approx(0.5)
+    assert (entry["expert_episodes"], entry["random_episodes"], entry["expert_std"]) == (30, 30, 2.0)
+    assert not any("human" in k for k in entry)  # Full-game human scores do not compare with capped episodes.
     tasks = {"a": {"normalized": 0.4}, "b": {"normalized": 0.9}, "c": {"normalized": 1.2}}
     s = report.summary(tasks)
     assert (s["tasks_at_50pct"], s["tasks_at_80pct"], s["tasks_at_100pct"]) == (2, 2, 1)
@@ -366,12 +372,67 @@ def test_normalized_scores():
 
 
 def test_references_read_dataset_metadata():
-    meta = {"expert_return": 20.0, "random_return": -21.0, "reference_scores": {"random": -20.7, "human": 14.6}}
-    assert eval_lib.references("atari_pong", meta) == report.References(-21.0, 20.0, 14.6, -20.7)
-    assert eval_lib.references("control_reacher", {"expert_return": -4.0, "random_return": -43.0,
-                                                   "reference_scores": {}}).human is None
+    meta = {"expert_return": 20.0, "random_return": -21.0, "expert_returns": [19.0, 21.0],
+            "random_returns": [-21.0, -20.0, -22.0], "reference_scores": {"random": -20.7, "human": 14.6}}
+    refs = eval_lib.references("atari_pong", meta)
+    assert refs == report.References(-21.0, 20.0, random_std=pytest.approx(np.std([-21.0, -20.0, -22.0])),
+                                     expert_std=1.0, random_episodes=3, expert_episodes=2)
+    older = eval_lib.references("x", {"expert_return": 1.0, "random_return": 0.0, "expert_return_std": 0.5})
+    assert (older.expert_episodes, older.expert_std, older.random_std) == (None, 0.5, None)
     with pytest.raises(ValueError, match="make data"):
         eval_lib.references("x", {"expert_return": 1.0})
+
+
+def test_heldout_episodes_come_from_the_test_split_only(tmp_path):
+    """No test episodes: a one-line error naming `make data`, never a fall-back to training episodes."""
+    asked = []
+
+    def load(data_dir, name, split):
+        asked.append(split)
+        return [corridor_episode(0, 7)] if split == "train" else []
+
+    hooks = TASK_HOOKS._replace(load_episodes=load)
+    assert len(eval_lib.heldout_episodes(TASK_HOOKS, "", TASK)) == 2
+    with pytest.raises(ValueError, match=r"no held-out \('test' split\) episodes.*make data EXP="):
+        eval_lib.heldout_episodes(hooks, str(tmp_path), TASK)
+    config = tiny_config()
+    config.data.dir = str(tmp_path)
+    with pytest.raises(ValueError, match="make data EXP="):
+        eval_lib.evaluate(config, tiny_checkpoint()[0], task_hooks=hooks, data_hooks=DATA_HOOKS, progress=False)
+    assert "train" not in asked
+
+
+def test_caption_examples_are_shared_between_kinds_and_scored_apart():
+    examples = ([{"source": "scene", "novel": False, "i": i} for i in range(10)]
+                + [{"source": "digit", "novel": False, "i": 10 + i} for i in range(10)]
+                + [{"source": "scene", "novel": True, "i": 20 + i} for i in range(2)])
+    picked = eval_lib.select_caption_examples(examples, 9)
+    kinds = [eval_lib.caption_kind(e) for e in picked]
+    assert (kinds.count("seen_pairs"), kinds.count("digits"), kinds.count("novel_pairs")) == (4, 3, 2)
+    assert [e["i"] for e in picked] == [0, 1, 2, 3, 10, 11, 12, 20, 21]  # Stored order within each kind.
+    correct = np.array([True, False, True, True, False, False])
+    kinds = np.array(["seen_pairs", "seen_pairs", "digits", "digits", "novel_pairs", "digits"])
+    scores = eval_lib._caption_scores(correct, kinds, {"count": []})
+    assert scores["accuracy_seen_pairs"] == 0.5 and scores["accuracy_novel_pairs"] == 0.0
+    assert scores["accuracy_digits"] == pytest.approx(2 / 3) and scores["examples_digits"] == 3
+    assert scores["accuracy_all"] == 0.5
+
+
+def test_continuous_action_errors_are_in_action_units():
+    """push is uniform over [-1, 1] in 32 bins, scaled by 2: bin b decodes to 2 * (-1 + (b + 0.5) / 16)."""
+    lo = LAYOUT.continuous_range[0]
+    bins = lambda *b: lo + np.asarray(b)
+    value = lambda b: 2.0 * (-1.0 + (b + 0.5) / 16)
+    target = np.stack([np.full(2, LAYOUT.discrete_offset), bins(0, 31), bins(16, 16)], axis=1)  # [N=2, A=3]
+    predicted = np.stack([np.full(2, LAYOUT.discrete_offset), bins(1, 31), bins(16, 15)], axis=1)
+    got = eval_lib.continuous_action_errors(SPEC, LAYOUT, target, predicted)
+    step = value(1) - value(0)
+    assert got["heldout_action_mae"] == pytest.approx(2 * step / 4)  # Two of four values off by one bin.
+    truth = np.array([[value(0), value(16)], [value(31), value(16)]])
+    assert got["heldout_mean_action_mae"] == pytest.approx(np.abs(truth - truth.mean(0)).mean())
+    assert got["heldout_continuous_actions"] == 4
+    discrete = TaskSpec(name="d", observation=SPEC.observation, action=SPEC.action[:1])
+    assert eval_lib.continuous_action_errors(discrete, LAYOUT, target[:, :1], predicted[:, :1]) == {}
 
 
 def test_evaluate_writes_report_chart_and_video(tmp_path, monkeypatch):
@@ -389,13 +450,21 @@ def test_evaluate_writes_report_chart_and_video(tmp_path, monkeypatch):
     assert task["episodes"] == 3 and task["prompted"] is True and (task["random"], task["expert"]) == (-2.0, 0.5)
     assert task["normalized"] == pytest.approx((task["return_mean"] + 2.0) / 2.5)
     assert os.path.getsize(os.path.join(out, task["video"])) > 0
-    assert saved["captions"]["examples"] == 3 and saved["captions"]["novel_examples"] == 1
-    assert 0 <= saved["captions"]["accuracy"] <= 1
+    c = saved["captions"]
+    assert c["examples"] == 3
+    assert (c["examples_seen_pairs"], c["examples_novel_pairs"], c["examples_digits"]) == (1, 1, 1)
+    assert all(0 <= c[f"accuracy_{k}"] <= 1 for k in ("seen_pairs", "novel_pairs", "digits"))
+    assert task["heldout_source"] == "test" and (task["expert_episodes"], task["random_episodes"]) == (2, 3)
+    assert task["expert_std"] == 0.5 and task["random_std"] == pytest.approx(np.std([-3.0, -2.0, -1.0]))
+    assert task["heldout_action_mae"] >= 0 and task["heldout_mean_action_mae"] >= 0
+    assert not any("human" in k for k in task)
     assert saved["text"]["perplexity"] > 1 and saved["text"]["unigram_perplexity"] == 50.0
     assert os.path.getsize(os.path.join(out, "normalized_scores.png")) > 0
     with open(os.path.join(out, "report.md")) as f:
         md = f.read()
     assert f"| {TASK} | 3 |" in md and "Captions" in md and "Text" in md and "held-out action acc." in md
+    assert "human" not in md and "digits" in md and "novel pairs" in md and "action MAE" in md
+    assert "| 0.50 ± 0.50 (2) |" in md  # The expert reference: mean ± std (episodes).
     assert 0 <= task["heldout_action_accuracy"] <= 1 and task["heldout_action_targets"] > 0
     assert result["tasks"][TASK]["episodes"] == 3
 

@@ -3,13 +3,14 @@ raw speed of the vector environment under random actions (the ceiling the agent 
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, NamedTuple
 
 import jax
 
 from gato_jax.load import Loaded
-from gato_jax.rollout.envs import EnvBatch
+from gato_jax.rollout.envs import EnvBatch, acting_steps
 from gato_jax.rollout.evaluate import TaskHooks, default_task_hooks, make_agent
 
 ENDLESS = 1 << 30  # Episodes: the timed loop stops by step count, never by running out.
@@ -24,23 +25,16 @@ class ActingSpeed(NamedTuple):
 
 
 def _agent_rates(agent, envs: EnvBatch, steps: int, key: jax.Array) -> tuple[float, float, float]:
-    """(tokens/s, env steps/s, compile seconds) over `steps` act steps after one warm-up step."""
-    cache = agent.initial_cache(None)
-    observations, reset_B = envs.reset()
-    tokens = env_steps = 0
+    """(tokens/s, env steps/s, compile seconds) over `steps` steps of the evaluation's rollout loop
+    (`envs.acting_steps`), after one warm-up step that compiles."""
+    loop = acting_steps(agent, envs, key)
     start = time.perf_counter()
-    for i in range(steps + 1):
-        if i == 1:
-            compile_s, start = time.perf_counter() - start, time.perf_counter()
-            tokens = env_steps = 0
-        key, act_key = jax.random.split(key)
-        obs = agent.observe(observations)
-        cache, out = agent.act(cache, obs, reset_B, act_key)
-        observations, reset_B, transition = envs.step(agent.decode_actions(out.action_ids_BxA))
-        tokens += obs.tokens.size + out.action_ids_BxA.size
-        env_steps += int(transition.active.sum())
+    next(loop)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    infos = list(itertools.islice(loop, steps))
     seconds = time.perf_counter() - start
-    return tokens / seconds, env_steps / seconds, compile_s
+    return sum(i.tokens for i in infos) / seconds, sum(i.env_steps for i in infos) / seconds, compile_s
 
 
 def raw_env_rate(make_vector_env, num_envs: int, steps: int, seed: int) -> float:

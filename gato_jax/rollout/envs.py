@@ -14,7 +14,7 @@ Decisions:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -156,25 +156,42 @@ class RolloutResult(NamedTuple):
     seconds: float
 
 
+class StepInfo(NamedTuple):
+    """What one act step of the whole batch did."""
+
+    tokens: int  # Tokens decoded: rows x (observation + action tokens).
+    env_steps: int  # Environment steps taken by active rows.
+    finished: int  # Episodes that ended.
+
+
+def acting_steps(agent: Agent, envs: EnvBatch, key: jax.Array, prompt=None) -> Iterator[StepInfo]:
+    """The rollout loop: one jitted act step for the whole batch per item, until `envs` is done.
+
+    `run_episodes` runs it to the end; `bench.measure_acting` times its first steps, so the benchmark
+    times exactly what `make eval` runs.
+    """
+    state = agent.initial_state(prompt)
+    observations, reset_B = envs.reset()
+    while not envs.done:
+        key, act_key = jax.random.split(key)
+        obs = agent.observe(observations)
+        state, out = agent.act(state, obs, reset_B, act_key)
+        before = len(envs.finished)
+        observations, reset_B, transition = envs.step(agent.decode_actions(out.action_ids_BxA))
+        yield StepInfo(obs.tokens.size + out.action_ids_BxA.size, int(transition.active.sum()),
+                       len(envs.finished) - before)
+
+
 def run_episodes(agent: Agent, envs: EnvBatch, key: jax.Array, prompt=None, progress: bool = True,
                  desc: str = "") -> RolloutResult:
     """Acts in `envs` until their episodes are done; one jitted act step per lockstep timestep."""
-    cache = agent.initial_cache(prompt)
-    observations, reset_B = envs.reset()
     steps = env_steps = tokens = 0
     bar = tqdm.tqdm(total=envs.num_episodes, desc=desc or agent.spec.name, unit="ep", disable=not progress,
                     leave=False, position=1)
     start = time.perf_counter()
-    while not envs.done:
-        key, act_key = jax.random.split(key)
-        obs = agent.observe(observations)
-        cache, out = agent.act(cache, obs, reset_B, act_key)
-        actions = agent.decode_actions(out.action_ids_BxA)
-        before = len(envs.finished)
-        observations, reset_B, transition = envs.step(actions)
-        bar.update(len(envs.finished) - before)
-        steps, env_steps = steps + 1, env_steps + int(transition.active.sum())
-        tokens += obs.tokens.size + out.action_ids_BxA.size
+    for info in acting_steps(agent, envs, key, prompt):
+        bar.update(info.finished)
+        steps, env_steps, tokens = steps + 1, env_steps + info.env_steps, tokens + info.tokens
     bar.close()
     episodes = sorted(envs.finished, key=lambda e: e.index)
     return RolloutResult(episodes, envs.frames, steps, env_steps, tokens, time.perf_counter() - start)

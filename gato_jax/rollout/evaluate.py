@@ -11,7 +11,6 @@ Where environments, demonstrations and reference scores come from is injected (`
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +31,8 @@ from gato_jax.rollout.report import References
 from gato_jax.rollout.sampling import Sampler, SamplingParams, caption_prompt
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
+from gato_jax.tokenizers.spec import FieldKind
+from gato_jax.tokenizers.values import detokenize_continuous
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train.loss import token_nll
 
@@ -40,8 +41,11 @@ CAPTION_BATCH = 32  # Captions decoded together.
 CAPTION_MAX_TOKENS = 24  # Scene captions are ~6-10 pieces; a caption that runs on is wrong anyway.
 WINDOW_BATCH = 4  # Windows scored per forward pass (text perplexity, held-out action accuracy).
 HELDOUT_WINDOWS = 32  # Held-out demonstration windows per task for teacher-forced action accuracy.
+HELDOUT_SPLIT = "test"  # Where prompts and held-out windows come from; never the training episodes.
 
-_LOG = logging.getLogger(__name__)
+
+class MissingDataError(ValueError):
+    """The data evaluation needs is not there; the message names the command that makes it."""
 
 
 class TaskHooks(NamedTuple):
@@ -98,25 +102,23 @@ def default_data_hooks() -> DataHooks:
     return DataHooks(captions.load_captions, text.load_text_split, text.unigram_baseline)
 
 
-def _first(metadata: Mapping, keys: Sequence[str]) -> float | None:
-    for key in keys:
-        if metadata.get(key) is not None:
-            return float(metadata[key])
-    return None
-
-
 def references(name: str, metadata: Mapping) -> References:
-    """Random and expert returns of the dataset; Atari's published random and human scores when present.
+    """Random and expert returns of the dataset, measured under the evaluation settings (sticky actions,
+    step cap): the zero and the one of the expert-normalised score, with how many episodes each is the
+    mean of and their spread.
 
-    The dataset's random_return is measured under the evaluation settings (sticky actions, step cap), so
-    it is the right zero for the expert-normalised score; the published pair is for human-normalising.
+    Published human scores are not used: they are full-game scores, and evaluation episodes stop at the
+    step cap, so a human-normalised score would compare unlike things.
     """
-    random, expert = _first(metadata, ("random_return",)), _first(metadata, ("expert_return",))
-    if random is None or expert is None:
+    if metadata.get("random_return") is None or metadata.get("expert_return") is None:
         raise ValueError(f"The dataset metadata of {name!r} lacks expert_return/random_return (has "
                          f"{sorted(metadata)}); rebuild it with `make data`.")
-    published = metadata.get("reference_scores") or {}
-    return References(random, expert, _first(published, ("human",)), _first(published, ("random",)))
+    per_episode = {k: np.asarray(metadata.get(f"{k}_returns") or [], np.float64) for k in ("expert", "random")}
+    std = {k: float(v.std()) if v.size else metadata.get(f"{k}_return_std") for k, v in per_episode.items()}
+    count = {k: int(v.size) if v.size else None for k, v in per_episode.items()}
+    return References(float(metadata["random_return"]), float(metadata["expert_return"]),
+                      random_std=std["random"], expert_std=std["expert"],
+                      random_episodes=count["random"], expert_episodes=count["expert"])
 
 
 def data_dir_for(config: ml_collections.ConfigDict, loaded: Loaded) -> str:
@@ -161,7 +163,7 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
                     num_episodes=settings.episodes, max_steps=settings.max_steps, seed=settings.seed, record_first=True)
     prompt = None
     if settings.prompted:
-        demos = _demonstrations(hooks, data_dir, name) if demos is None else demos
+        demos = heldout_episodes(hooks, data_dir, name) if demos is None else demos
         prompt = demonstration_prompts(agent.spec, loaded.layout, demos, agent.max_prompt_tokens, num_envs,
                                        np.random.default_rng(settings.seed))
     try:
@@ -170,26 +172,31 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
         envs.close()
 
 
-def _demonstrations(hooks: TaskHooks, data_dir: str, name: str):
-    """Held-out episodes for prompts; a dataset too small to hold any out prompts from its training split."""
+def heldout_episodes(hooks: TaskHooks, data_dir: str, name: str) -> Sequence[Mapping]:
+    """The task's test-split episodes: prompts and held-out action accuracy come from these only."""
     try:
-        demos = hooks.load_episodes(data_dir, name, "test")
-        if len(demos):
-            return demos
+        episodes = hooks.load_episodes(data_dir, name, HELDOUT_SPLIT)
     except ValueError:
-        pass
-    _LOG.warning("%s has no held-out episodes; prompting with training episodes.", name)
-    return hooks.load_episodes(data_dir, name, "train")
+        episodes = []
+    if not len(episodes):
+        raise MissingDataError(f"{name} has no held-out ({HELDOUT_SPLIT!r} split) episodes in {data_dir}: rebuild its "
+                         "data with more episodes, e.g. `make data EXP=<experiment> "
+                         "ARGS=--config.data.episodes_per_task=<more>`.")
+    return episodes
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _action_hits(graphdef, params, seq: TokenSequence) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(argmax == target, is a loss-masked action target, target) for every next-token position."""
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _action_predictions(graphdef, params, seq: TokenSequence,
+                        continuous: tuple[int, int]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(argmax, argmax inside the continuous range [lo, hi), is a loss-masked action target, target) for
+    every next-token position."""
     logits_BxTxV = nnx.merge(graphdef, params)(seq)[:, :-1]
     targets_BxT = seq.tokens[:, 1:]
     actions = jnp.asarray((Modality.DISCRETE, Modality.CONTINUOUS), seq.modality.dtype)
     is_action_BxT = seq.loss_mask[:, 1:] & jnp.isin(seq.modality[:, 1:], actions)
-    return jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT, is_action_BxT, targets_BxT
+    lo, hi = continuous
+    in_range_BxT = lo + jnp.argmax(logits_BxTxV[..., lo:hi], axis=-1)
+    return jnp.argmax(logits_BxTxV, axis=-1), in_range_BxT, is_action_BxT, targets_BxT
 
 
 def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mapping],
@@ -200,6 +207,7 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     a rollout score near random with accuracy well above both baselines points at the latter. The second
     baseline repeats the previous timestep's action: an expert that holds actions (Boxing re-plans every
     4 steps) lets a model score well by copying its own last action without reading the frame.
+    Tasks with continuous actions add the mean absolute error in action units (`continuous_action_errors`).
     """
     from data_pipelines import sources
 
@@ -209,29 +217,68 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     rng = np.random.default_rng(0)
     items = [source(rng) for _ in range(windows)]
     graphdef, params = nnx.split(loaded.model)
-    hits, targets, repeats = [], [], []
     per_step = spec.action_tokens
+    hits, targets, repeats, steps, predicted_steps = [], [], [], [], []
     for batch in _fixed_batches(loaded, items):
-        correct, is_action, target = (np.asarray(x) for x in _action_hits(graphdef, params, batch))
-        hits.append(correct[is_action])
+        outs = _action_predictions(graphdef, params, batch, tuple(loaded.layout.continuous_range))
+        argmax, in_range, is_action, target = (np.asarray(x) for x in outs)
+        hits.append(argmax[is_action] == target[is_action])
         targets.append(target[is_action])
-        for row, mask in zip(target, is_action):  # Rows hold whole timesteps, so actions pair up by step.
-            actions = row[mask]
+        for row, guess, mask in zip(target, in_range, is_action):  # Rows hold whole timesteps: actions pair up.
+            actions, whole = row[mask], mask.sum() // per_step * per_step
             repeats.append(actions[per_step:] == actions[:-per_step] if actions.size > per_step else actions[:0])
+            steps.append(actions[:whole].reshape(-1, per_step))
+            predicted_steps.append(guess[mask][:whole].reshape(-1, per_step))
     hits, targets, repeats = np.concatenate(hits), np.concatenate(targets), np.concatenate(repeats)
     majority = np.bincount(targets).max() / max(targets.size, 1) if targets.size else math.nan
-    return {"heldout_action_accuracy": _mean_or_nan(hits), "heldout_majority_accuracy": float(majority),
-            "heldout_repeat_accuracy": _mean_or_nan(repeats), "heldout_action_targets": int(targets.size)}
+    out = {"heldout_action_accuracy": _mean_or_nan(hits), "heldout_majority_accuracy": float(majority),
+           "heldout_repeat_accuracy": _mean_or_nan(repeats), "heldout_action_targets": int(targets.size)}
+    out.update(continuous_action_errors(spec, loaded.layout, np.concatenate(steps), np.concatenate(predicted_steps)))
+    return out
+
+
+def continuous_action_errors(spec, layout: VocabLayout, target_NxA: np.ndarray,
+                             predicted_NxA: np.ndarray) -> dict[str, float]:
+    """Mean absolute error of the predicted continuous actions, in action units, beside always predicting
+    the held-out mean action; {} for a task without continuous actions.
+
+    Ids are decoded with the task's own detokenizer (mu-law if companded, times the field's scale);
+    the targets' decoded values are the recorded actions to within half a bin (1/1024 of the range).
+    Predictions are the argmax among continuous ids, as the agent acts at temperature 0.
+    """
+    columns = _continuous_columns(spec)
+    if not columns or not len(target_NxA):
+        return {}
+    truth, guess = (np.stack([_detokenize(ids_NxA[:, k], field, layout) for k, field in columns], axis=1)
+                    for ids_NxA in (target_NxA, predicted_NxA))
+    return {"heldout_action_mae": float(np.abs(guess - truth).mean()),
+            "heldout_mean_action_mae": float(np.abs(truth.mean(axis=0) - truth).mean()),
+            "heldout_continuous_actions": int(truth.size)}
+
+
+def _continuous_columns(spec) -> list[tuple[int, Any]]:
+    """(index among a timestep's action tokens, field) of every continuous action token."""
+    fields = [f for f in spec.ordered_action() for _ in range(f.size)]
+    return [(k, f) for k, f in enumerate(fields) if f.kind == FieldKind.CONTINUOUS]
+
+
+def _detokenize(ids: np.ndarray, field, layout: VocabLayout) -> np.ndarray:
+    values = detokenize_continuous(ids, layout, companded=field.companded, field=field.name)
+    return values * np.float32(field.scale)
 
 
 def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,
-                  key: jax.Array, out_dir: str, progress: bool = True) -> dict[str, Any]:
-    """The report entry of one task (scores, lengths, speed, held-out imitation), with its video under out_dir."""
+                  key: jax.Array, out_dir: str, progress: bool = True,
+                  demos: Sequence[Mapping] | None = None) -> dict[str, Any]:
+    """The report entry of one task (scores, lengths, speed, held-out imitation), with its video under out_dir.
+
+    `demos`: the task's held-out episodes (`heldout_episodes`), loaded when not given.
+    """
     refs = references(name, hooks.load_metadata(data_dir, name))
-    demos = _demonstrations(hooks, data_dir, name)
+    demos = heldout_episodes(hooks, data_dir, name) if demos is None else demos
     result = rollout_task(loaded, name, settings, hooks, data_dir, key, progress, demos=demos)
     entry = report_lib.task_scores([e.ret for e in result.episodes], refs, prompted=settings.prompted)
-    entry.update(heldout_action_accuracy(loaded, name, demos))
+    entry.update(heldout_action_accuracy(loaded, name, demos), heldout_source=HELDOUT_SPLIT)
     video_dir = os.path.join(out_dir, report_lib.VIDEO_DIR)
     os.makedirs(video_dir, exist_ok=True)
     video = report_lib.write_video(os.path.join(video_dir, name.replace("/", "_")), result.frames)
@@ -245,15 +292,40 @@ def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: Task
 # Captions and text.
 
 
+CAPTION_KINDS = ("seen_pairs", "novel_pairs", "digits")  # Reported apart: each answers its own question.
+
+
+def caption_kind(example: Mapping) -> str:
+    """'digits' (scikit-learn digit images), 'novel_pairs' (scenes of colour-shape pairs never trained on)
+    or 'seen_pairs' (held-out scenes of pairs seen in training)."""
+    if str(example.get("source", "scene")) == "digit":
+        return "digits"
+    return "novel_pairs" if bool(example.get("novel", False)) else "seen_pairs"
+
+
+def select_caption_examples(examples: Sequence[Mapping], max_examples: int) -> list[Mapping]:
+    """At most `max_examples`, shared out evenly between the kinds present (in stored order within each);
+    a kind with fewer examples leaves its share to the others."""
+    by_kind: dict[str, list[int]] = {k: [] for k in CAPTION_KINDS}
+    for i in range(len(examples)):
+        by_kind[caption_kind(examples[i])].append(i)
+    queues = [q for q in by_kind.values() if q]
+    picked: list[int] = []
+    while queues and len(picked) < max_examples:
+        picked += [q.pop(0) for q in queues][:max_examples - len(picked)]
+        queues = [q for q in queues if q]
+    return [examples[i] for i in sorted(picked)]
+
+
 def caption_accuracy(loaded: Loaded, examples: Sequence[Mapping], max_examples: int,
                      progress: bool = True) -> dict[str, Any]:
-    """Greedy captions of held-out images, exact match (after stripping) overall, on novel and on seen scenes."""
+    """Greedy captions of held-out images, exact match (after stripping), per kind (`caption_kind`)."""
     from data_pipelines.captions import parse_caption
 
-    examples = [examples[i] for i in range(min(max_examples, len(examples)))]
+    examples = select_caption_examples(examples, max_examples)
     sampler = Sampler(loaded.model, loaded.layout, cache_size=int(loaded.config.seq_len))
     patch = int(loaded.config.model.patch_size)
-    correct, novel, attributes = [], [], {"count": [], "colour": [], "shape": [], "place": []}
+    correct, kinds, attributes = [], [], {"count": [], "colour": [], "shape": [], "place": []}
     for start in tqdm.trange(0, len(examples), CAPTION_BATCH, desc="captions", disable=not progress):
         batch = examples[start:start + CAPTION_BATCH]
         prompts = [caption_prompt(loaded.tokenizer, loaded.layout, np.asarray(ex["image"]), patch) for ex in batch]
@@ -261,22 +333,25 @@ def caption_accuracy(loaded: Loaded, examples: Sequence[Mapping], max_examples: 
         for ex, row in zip(batch, ids):
             text = loaded.tokenizer.decode(row).strip() if row else ""
             correct.append(text == str(ex["caption"]).strip())
-            novel.append(bool(ex.get("novel", False)))
+            kinds.append(caption_kind(ex))
             truth, guess = parse_caption(str(ex["caption"])), parse_caption(text)
             if truth is not None:
                 for attr, hits in attributes.items():
                     hits.append(guess is not None and getattr(guess, attr) == getattr(truth, attr))
-    return _caption_scores(np.asarray(correct, bool), np.asarray(novel, bool), attributes)
+    return _caption_scores(np.asarray(correct, bool), np.asarray(kinds, str), attributes)
 
 
 def _mean_or_nan(x: np.ndarray) -> float:
     return float(np.mean(x)) if len(x) else math.nan
 
 
-def _caption_scores(correct: np.ndarray, novel: np.ndarray, attributes: dict[str, list[bool]]) -> dict[str, Any]:
-    out = {"examples": int(correct.size), "accuracy": _mean_or_nan(correct),
-           "novel_examples": int(novel.sum()), "novel_accuracy": _mean_or_nan(correct[novel]),
-           "seen_accuracy": _mean_or_nan(correct[~novel])}
+def _caption_scores(correct: np.ndarray, kinds: np.ndarray, attributes: dict[str, list[bool]]) -> dict[str, Any]:
+    """Exact match per kind (`accuracy_<kind>`, `examples_<kind>`) and over all; attribute accuracies
+    over scenes."""
+    out: dict[str, Any] = {"examples": int(correct.size), "accuracy_all": _mean_or_nan(correct)}
+    for kind in CAPTION_KINDS:
+        out[f"examples_{kind}"] = int((kinds == kind).sum())
+        out[f"accuracy_{kind}"] = _mean_or_nan(correct[kinds == kind])
     out.update({f"scene_{attr}_accuracy": _mean_or_nan(np.asarray(hits)) for attr, hits in attributes.items()})
     return out
 
@@ -339,10 +414,12 @@ def _control(loaded: Loaded, config, settings: EvalSettings, hooks: TaskHooks | 
         return {}
     hooks = hooks or default_task_hooks(int(loaded.config.data.frame_size))
     key = jax.random.key(settings.seed)
+    heldout = {name: heldout_episodes(hooks, data_dir, name) for name in names}  # Fails before any rollout.
     tasks = {}
     for name in tqdm.tqdm(names, desc="tasks", disable=not progress):
         key, task_key = jax.random.split(key)
-        tasks[name] = evaluate_task(loaded, name, settings, hooks, data_dir, task_key, out_dir, progress)
+        tasks[name] = evaluate_task(loaded, name, settings, hooks, data_dir, task_key, out_dir, progress,
+                                    demos=heldout[name])
     return tasks
 
 

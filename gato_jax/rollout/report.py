@@ -1,10 +1,12 @@
 """Scores and the evaluation report: normalised returns, report.json, report.md, a bar chart, videos.
 
-Expert-normalised score = (return - random) / (expert - random) (GATO_SPEC.md "Deployment and
+Expert-normalised score = (return - random) / (expert - random) (docs/TOKEN_FORMAT.md "Acting and
 evaluation"), computed on the mean return (the same as the mean of per-episode scores: it is linear).
-Atari tasks also get the usual human-normalised score (return - random) / (human - random) with the
-published random and human references. The paper's headline is how many tasks reach 50% of expert,
-so the chart marks 0.5 and 1.0.
+Both references are measured under the evaluation settings (sticky actions, step cap) and the report
+says how many episodes each is the mean of, and their spread. No human-normalised score: the
+published human references are full-game scores and evaluation episodes stop at the step cap, so the
+two do not compare. The paper's headline is how many tasks reach 50% of expert, so the chart marks 0.5
+and 1.0.
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ THRESHOLDS = (0.5, 0.8, 1.0)  # Fractions of expert the summary counts tasks at.
 
 
 class References(NamedTuple):
-    """Reference returns of one task."""
+    """Reference returns of one task, from the dataset metadata (evaluation settings)."""
 
-    random: float  # A uniformly random policy, from the dataset metadata.
-    expert: float  # The demonstrations' mean return, from the dataset metadata.
-    human: float | None = None  # Atari only: the published human score.
-    human_random: float | None = None  # Atari only: the published random score that goes with it.
+    random: float  # Mean return of a uniformly random policy.
+    expert: float  # Mean return of the expert.
+    random_std: float | None = None  # Standard deviation over the random episodes.
+    expert_std: float | None = None  # Standard deviation over the expert episodes.
+    random_episodes: int | None = None  # Episodes `random` is the mean of (None: not recorded).
+    expert_episodes: int | None = None  # Episodes `expert` is the mean of.
 
 
 def normalized_score(score: float, random: float, reference: float) -> float:
@@ -44,11 +48,10 @@ def task_scores(returns: Sequence[float], refs: References, *, prompted: bool) -
         "episodes": int(returns.size), "return_mean": mean,
         "return_std": float(returns.std()) if returns.size else math.nan,
         "random": float(refs.random), "expert": float(refs.expert),
+        "random_std": refs.random_std, "expert_std": refs.expert_std,
+        "random_episodes": refs.random_episodes, "expert_episodes": refs.expert_episodes,
         "normalized": normalized_score(mean, refs.random, refs.expert), "prompted": bool(prompted),
     }
-    if refs.human is not None and refs.human_random is not None:
-        entry.update(human=float(refs.human), human_random=float(refs.human_random),
-                     human_normalized=normalized_score(mean, refs.human_random, refs.human))
     return entry
 
 
@@ -95,12 +98,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return [line(header), line(["---"] * len(header)), *(line(r) for r in rows), ""]
 
 
+def _reference(t: Mapping[str, Any], kind: str) -> str:
+    """'mean ± std (n)' of a reference return."""
+    return f"{_fmt(t[kind])} ± {_fmt(t.get(f'{kind}_std'))} ({_fmt(t.get(f'{kind}_episodes'))})"
+
+
 def _task_rows(tasks: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
-    return [[name, t["episodes"], f"{_fmt(t['return_mean'])} ± {_fmt(t['return_std'])}", _fmt(t["random"]),
-             _fmt(t["expert"]), _fmt(t["normalized"]), _fmt(t.get("human_normalized")),
-             "yes" if t["prompted"] else "no", _fmt(t.get("heldout_action_accuracy")),
-             _fmt(t.get("heldout_majority_accuracy")), _fmt(t.get("heldout_repeat_accuracy"))]
+    return [[name, t["episodes"], f"{_fmt(t['return_mean'])} ± {_fmt(t['return_std'])}", _reference(t, "random"),
+             _reference(t, "expert"), _fmt(t["normalized"]), "yes" if t["prompted"] else "no",
+             t.get("heldout_source", "-"), _fmt(t.get("heldout_action_accuracy")),
+             _fmt(t.get("heldout_majority_accuracy")), _fmt(t.get("heldout_repeat_accuracy")),
+             _fmt(t.get("heldout_action_mae"), 3), _fmt(t.get("heldout_mean_action_mae"), 3)]
             for name, t in sorted(tasks.items())]
+
+
+TASK_HEADER = ("task", "episodes", "return (mean ± std)", "random ± std (episodes)", "expert ± std (episodes)",
+               "expert-normalized", "prompted", "held-out split", "held-out action acc.", "majority-class acc.",
+               "repeat-last-action acc.", "action MAE", "mean-action MAE")
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -109,17 +123,17 @@ def markdown(report: Mapping[str, Any]) -> str:
     if report.get("settings"):
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(report["settings"].items())), ""]
     if report.get("tasks"):
-        lines += _table(["task", "episodes", "return (mean ± std)", "random", "expert", "normalized",
-                         "human-normalized", "prompted", "held-out action acc.", "majority-class acc.",
-                         "repeat-last-action acc."],
-                        _task_rows(report["tasks"]))
+        lines += _table(TASK_HEADER, _task_rows(report["tasks"]))
+        lines += ["Returns and references share the evaluation settings (sticky actions, step cap). Action "
+                  "accuracies are teacher-forced on held-out episodes; action MAE (continuous actions only, "
+                  "in action units) sits beside always predicting the held-out mean action.", ""]
         lines += ["Summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(report.get("summary", {}).items())), ""]
     if "captions" in report:
         c = report["captions"]
         lines += ["## Captions (held-out split, greedy, exact match)", ""]
-        lines += _table(["examples", "all", "novel colour-shape pairs", "seen pairs (in-distribution)"],
-                        [[c["examples"], _fmt(c["accuracy"], 3), _fmt(c.get("novel_accuracy"), 3),
-                          _fmt(c.get("seen_accuracy"), 3)]])
+        kinds = ("seen_pairs", "novel_pairs", "digits")
+        lines += _table(["scenes of seen colour-shape pairs", "scenes of novel pairs", "digits"],
+                        [[f"{_fmt(c.get(f'accuracy_{k}'), 3)} ({c.get(f'examples_{k}', 0)})" for k in kinds]])
     if "text" in report:
         t = report["text"]
         lines += ["## Text (held-out works)", ""]
