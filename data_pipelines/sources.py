@@ -8,7 +8,7 @@ data; `FlatEpisodes` may also be memory-mapped from its on-disk cache (written h
 
 Array key: S = steps over all episodes of a split, E = episodes, T = tokens, L = cached text ids.
 
-Decisions where the paper is silent ([D], GATO_SPEC.md "Training"):
+Decisions where the paper is silent ([D], docs/TOKEN_FORMAT.md "Training"):
 - Control windows start and end on timestep boundaries: a window holds floor(seq_len / tokens per
   timestep) whole timesteps and the rest is padding, so no action is cut from its observation.
   Windows are uniform over all windows of the split (episodes weighted by their number of windows).

@@ -1,4 +1,4 @@
-"""Tests for control-episode tokenization (GATO_SPEC.md, "Timestep and episode layout" and "Loss")."""
+"""Tests for control-episode tokenization (docs/TOKEN_FORMAT.md, "Timesteps and episodes")."""
 import time
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Golden tests for gato_jax.tokenizers.images (GATO_SPEC.md, "Images")."""
+"""Golden tests for gato_jax.tokenizers.images (docs/TOKEN_FORMAT.md, "Images")."""
 import numpy as np
 import pytest
 

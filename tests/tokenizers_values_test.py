@@ -1,4 +1,4 @@
-"""Golden and property tests for gato_jax.tokenizers.values (GATO_SPEC.md, "Vocabulary" and "Values")."""
+"""Golden and property tests for gato_jax.tokenizers.values (docs/TOKEN_FORMAT.md, "One id space" and "Numbers")."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tokenizers: every modality to one flat TokenSequence of ids in one VocabLayout (GATO_SPEC.md).
+"""Tokenizers: every modality to one flat TokenSequence of ids in one VocabLayout (docs/TOKEN_FORMAT.md).
 
 Pure numpy (no JAX), so data loading runs on host CPUs without touching accelerators.
 """

@@ -1,4 +1,4 @@
-"""Episodes, timesteps, text and captions to TokenSequences (GATO_SPEC.md, "Timestep and episode layout").
+"""Episodes, timesteps, text and captions to TokenSequences (docs/TOKEN_FORMAT.md, "Timesteps and episodes").
 
 Array key: N = timesteps, K = tokens of one field per timestep, T = tokens, P = patch pixels.
 

@@ -1,4 +1,4 @@
-"""Images to patches and patch positions (GATO_SPEC.md, "Images").
+"""Images to patches and patch positions (docs/TOKEN_FORMAT.md, "Images").
 
 Array key: N = patches per image, P = patch side in pixels, C = channels, B = images in a batch.
 

@@ -8,7 +8,7 @@ Conventions (fixed here, read everywhere):
 - `tokens[t]` is an id of the VocabLayout. At image-patch positions it is `layout.special_id("<image>")`
   as a placeholder; the model embeds `patches[t]` there instead and never predicts it.
 - `loss_mask[t]` is True when token t is a training target, i.e. predicted from position t-1. Only text
-  and the logged agent's action tokens are targets (GATO_SPEC.md, "Loss").
+  and the logged agent's action tokens are targets (docs/TOKEN_FORMAT.md, "Timesteps and episodes").
 - `local_pos[t]`: observation tokens 0..n-1 within their timestep; all action tokens share
   `ACTION_LOCAL_POS`; -1 where no local position applies (text, padding, separators).
 - `patch_pos[t]` = (row_lo, row_hi, col_lo, col_hi): the patch's row and column intervals on the
@@ -112,5 +112,5 @@ def stack(seqs: list[TokenSequence]) -> TokenSequence:
 
 
 def normalize_patches(patches_u8, patch_size: int = 16):
-    """uint8 pixels -> [-1, 1], divided by sqrt(patch_size) (GATO_SPEC.md, "Images"). numpy or jax."""
+    """uint8 pixels -> [-1, 1], divided by sqrt(patch_size) (docs/TOKEN_FORMAT.md, "Images"). numpy or jax."""
     return (patches_u8.astype("float32") / 127.5 - 1.0) / float(np.sqrt(patch_size))

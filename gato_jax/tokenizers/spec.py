@@ -18,7 +18,7 @@ class FieldKind(str, enum.Enum):
     CONTINUOUS = "continuous"
 
 
-# Observation tokens are laid out by kind in this order, then by field name (GATO_SPEC.md).
+# Observation tokens are laid out by kind in this order, then by field name (docs/TOKEN_FORMAT.md).
 KIND_ORDER = (FieldKind.TEXT, FieldKind.IMAGE, FieldKind.DISCRETE, FieldKind.CONTINUOUS)
 
 
@@ -30,7 +30,7 @@ class FieldSpec:
       DISCRETE / CONTINUOUS the value tensor's shape (() for a scalar); TEXT (max_tokens,).
     num_values: DISCRETE only; valid values are 0..num_values-1 (e.g. Atari's action count).
     companded: CONTINUOUS only; mu-law before binning (observations) or not (actions already in
-      [-1, 1], GATO_SPEC.md "Values").
+      [-1, 1], docs/TOKEN_FORMAT.md "Numbers").
     scale: CONTINUOUS only; values are divided by it before tokenizing and multiplied back after
       decoding, mapping an action box such as [-3, 3] onto [-1, 1].
     """

@@ -1,4 +1,4 @@
-"""Text <-> ids with SentencePiece (GATO_SPEC.md, "Vocabulary": text owns ids [0, text_size)).
+"""Text <-> ids with SentencePiece (docs/TOKEN_FORMAT.md, "One id space": text owns ids [0, text_size)).
 
 Every id in [0, vocab_size) is a real piece: SentencePiece's own BOS/EOS/PAD are disabled because the
 layout's specials (`<bos>`, `<eos>`, `<pad>`) live after the value ranges; only `<unk>` keeps id 0.

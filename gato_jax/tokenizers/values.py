@@ -1,4 +1,4 @@
-"""Scalar values to token ids and back (GATO_SPEC.md, "Values").
+"""Scalar values to token ids and back (docs/TOKEN_FORMAT.md, "Numbers").
 
 Continuous values: optional mu-law companding, clip to [-1, 1], `layout.num_continuous_bins` uniform bins,
 shifted by `layout.continuous_offset`. Discrete values: integers 0..num_discrete-1 shifted by

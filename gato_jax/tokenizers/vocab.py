@@ -1,4 +1,4 @@
-"""The one id space shared by text, values and special tokens (GATO_SPEC.md, "Vocabulary").
+"""The one id space shared by text, values and special tokens (docs/TOKEN_FORMAT.md, "One id space").
 
 The layout is data, not constants: it is saved with every checkpoint and read back by every consumer
 (trainer, rollouts, samplers), so ids can never drift between training and use. A smaller text
