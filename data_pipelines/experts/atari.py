@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import gymnasium
 import numpy as np
 
+from data_pipelines import tasks
 from data_pipelines.experts import Action
 
 
@@ -263,16 +264,13 @@ class BreakoutExpert:
 # still until the target is clearly off: chasing the CPU's small moves walked into its punches; 2 px
 # scored ~55, 6 px ~78 on tuning seeds, and the 6-px threshold is ~3 pixels of an 80x80 frame).
 
-BOXING_ACTIONS = ("NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT", "DOWNRIGHT", "DOWNLEFT",
-                  "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE", "UPRIGHTFIRE", "UPLEFTFIRE", "DOWNRIGHTFIRE",
-                  "DOWNLEFTFIRE")  # Minimal action set, in index order.
 BOXING_Y_MAX = 87  # Lowest boxer y inside the ring.
 
 
 def _boxing_table() -> dict[tuple[int, int, bool], int]:
     """(x move -1/0/1, y move -1 up/0/1 down, fire) -> minimal-action index."""
     table = {}
-    for index, name in enumerate(BOXING_ACTIONS):
+    for index, name in enumerate(tasks.get_task("atari_boxing").action_meanings):  # Minimal set, index order.
         move = name.replace("FIRE", "")
         mx = 1 if "RIGHT" in move else (-1 if "LEFT" in move else 0)
         my = -1 if "UP" in move else (1 if "DOWN" in move else 0)
