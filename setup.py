@@ -34,7 +34,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.5"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.5", "scikit-image>=0.24"],
         "mujoco": ["gymnasium[mujoco]>=1.4,<1.5"],
         "tf": ["tensorflow-cpu>=2.16"],
     },

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import io
 import itertools
 import logging
@@ -169,7 +170,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, size: int
 
 def draw_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """The scene as an RGB uint8 [S, S, 3] image; object size and jitter come from rng."""
-    _check_image_size(image_size)
+    check_image_size(image_size)
     img = Image.new("RGB", (image_size, image_size))
     draw = ImageDraw.Draw(img)
     draw.fontmode = "1"  # No anti-aliasing anywhere: objects stay pure palette colours.
@@ -179,7 +180,7 @@ def draw_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> np.nd
     return np.asarray(img, np.uint8)
 
 
-def _check_image_size(image_size: int) -> None:
+def check_image_size(image_size: int) -> None:
     if image_size % 16 or image_size < 32:
         raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {image_size}.")
 
@@ -240,13 +241,36 @@ def split_plan(split: str, num_scenes: int, num_digits: int, seed: int) -> list[
     return [plan[i] for i in rng.permutation(len(plan))]
 
 
+TEST_SHARE = 4  # `image_split`: 1 in TEST_SHARE of image space (by pixel hash) is held out.
+
+
+def image_split(image: np.ndarray) -> str:
+    """'test' for a quarter of all possible images, 'train' for the rest: a fixed hash of the pixels.
+
+    Datasets drawn from the same scenes (captions beside documents, data_pipelines/documents.py) that all
+    draw a split's images from its half can never share an image across splits, whatever their sizes.
+    """
+    digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).digest()
+    return "test" if int.from_bytes(digest, "little") % TEST_SHARE == 0 else "train"
+
+
 def render_example(item: Scene | int, index: int, split: str, image_size: int, seed: int,
-                   digits: tuple[np.ndarray, np.ndarray] | None, attempt: int = 0) -> dict[str, Any]:
-    """One stored example; a scene's size and jitter come from (seed, split, index, attempt), not order."""
+                   digits: tuple[np.ndarray, np.ndarray] | None, attempt: int = 0,
+                   split_by_hash: bool = False) -> dict[str, Any]:
+    """One stored example; a scene's size and jitter come from (seed, split, index, attempt), not order.
+
+    `split_by_hash` redraws a scene (later attempts) until its image lies in `split`'s half of image
+    space (`image_split`); after MAX_REDRAWS tries it keeps the last drawing, which `pixel_disjoint` still
+    checks against this dataset's training images.
+    """
     if isinstance(item, Scene):
-        rng = np.random.default_rng([seed, SPLITS.index(split), index] + ([attempt] if attempt else []))
-        return {"image": draw_scene(item, image_size, rng), "caption": caption(item), "source": "scene",
-                "novel": item.novel}
+        for extra in range(MAX_REDRAWS if split_by_hash else 1):
+            tries = attempt * MAX_REDRAWS + extra
+            rng = np.random.default_rng([seed, SPLITS.index(split), index] + ([tries] if tries else []))
+            image = draw_scene(item, image_size, rng)
+            if not split_by_hash or image_split(image) == split:
+                break
+        return {"image": image, "caption": caption(item), "source": "scene", "novel": item.novel}
     images, labels = digits
     return {"image": render_digit(images[item], image_size), "caption": digit_caption(int(labels[item])),
             "source": "digit", "novel": False}
@@ -294,7 +318,8 @@ class SceneCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         num = p["num_train"] if split == "train" else p["num_test"]
         num_digits = 0 if self._digits is None else len(self._digits[1])
         for index, item in enumerate(split_plan(split, num, num_digits, p["seed"])):
-            example = render_example(item, index, split, p["image_size"], p["seed"], self._digits)
+            example = render_example(item, index, split, p["image_size"], p["seed"], self._digits,
+                                     split_by_hash=p.get("split_by_hash", False))
             yield {**example, "_item": item, "_index": index}
 
     def _redraw(self, example: dict[str, Any], attempt: int) -> dict[str, Any] | None:
@@ -303,7 +328,8 @@ class SceneCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             return None
         p = self._params
         return {**render_example(example["_item"], example["_index"], "test", p["image_size"], p["seed"],
-                                 self._digits, attempt), "_item": example["_item"], "_index": example["_index"]}
+                                 self._digits, attempt, split_by_hash=p.get("split_by_hash", False)),
+                "_item": example["_item"], "_index": example["_index"]}
 
 
 MAX_REDRAWS = 50  # Attempts to draw a test scene unlike every training image before giving up.
@@ -330,25 +356,28 @@ def captions_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "captions" / BUILDER_NAME / VERSION
 
 
-def _stored_params(path: Path) -> dict[str, Any] | None:
+def stored_params(path: Path) -> dict[str, Any] | None:
+    """The settings a prepared captions dataset was made with; None when there is none at `path`."""
     if not (path / "dataset_info.json").exists():
         return None
     return dict(tfds.builder_from_directory(path).info.metadata.get("params", {}))
 
 
 def prepare_captions(data_dir: str | os.PathLike, *, num_train: int, num_test: int, image_size: int,
-                     seed: int, progress: bool = True, digits: bool = True) -> Path:
+                     seed: int, progress: bool = True, digits: bool = True, split_by_hash: bool = False) -> Path:
     """Builds the captions dataset under data_dir/captions/ once; returns its directory.
 
     A second call with the same settings does nothing (also when the digits could not be fetched the
     first time: delete the folder to retry). Other settings rebuild it (with a warning) and swap the
     new dataset in atomically, so readers never see a half-written one.
     """
-    _check_image_size(image_size)
+    check_image_size(image_size)
     params = {"num_train": num_train, "num_test": num_test, "image_size": image_size, "seed": seed,
               "digits": digits, "pixel_disjoint": True}
+    if split_by_hash:  # Recorded only when on, so datasets made before the option keep their key.
+        params["split_by_hash"] = True
     path = captions_path(data_dir)
-    stored = _stored_params(path)
+    stored = stored_params(path)
     if stored is not None and {k: stored.get(k) for k in params} == params:
         return path
     if stored is not None:
@@ -368,7 +397,7 @@ def _build(root: Path, params: dict[str, Any], digit_data, scratch: Path, progre
     builder.download_and_prepare(download_dir=str(scratch / "downloads"))
 
 
-class CaptionSource(Sequence):
+class CaptionSplit(Sequence):
     """Random access over one split: {'image': uint8 [S,S,3], 'caption': str, 'source': str, 'novel': bool}.
 
     A thin view over TFDS's ArrayRecord data source, so grain can index and shard it directly.
@@ -393,6 +422,6 @@ class CaptionSource(Sequence):
                 "source": published.to_str(ex["source"]), "novel": bool(ex["novel"])}
 
 
-def load_captions(data_dir: str | os.PathLike, split: str) -> CaptionSource:
+def load_captions(data_dir: str | os.PathLike, split: str) -> CaptionSplit:
     """The prepared split ('train' or 'test') as a random-access sequence of caption examples."""
-    return CaptionSource(data_dir, split)
+    return CaptionSplit(data_dir, split)

@@ -39,12 +39,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from data_pipelines import experts, tasks
+from data_pipelines import experts, published, tasks
+from gato_jax.errors import DataError
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 
 DATASET_VERSION = "1.0.0"  # TFDS version directory: data_dir/<task>/1.0.0.
 FORMAT = 2  # Bumped when the stored layout, the frames or the experts change, so old datasets are rebuilt.
-MAKE_DATA = "make data EXP=<exp>"
+MAKE_DATA = "make data EXP=<name>"  # The command that builds every dataset an experiment names.
 NOOP_MAX = 30  # Recording starts after 0..NOOP_MAX unrecorded no-ops (Atari), a source of variety.
 _LOG = logging.getLogger(__name__)
 EVAL_EPISODES = 30  # Episodes per policy for the expert/random mean returns.
@@ -335,8 +336,6 @@ def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_s
     if episodes < 1 or eval_episodes < 1:
         raise ValueError(f"Task {name!r} needs episodes >= 1 and eval_episodes >= 1, got "
                          f"{episodes} and {eval_episodes}.")
-    from data_pipelines import published  # Shared atomic-rename helper.
-
     start = time.perf_counter()
     with published.atomic_directory(final, replace=True) as tmp:
         spec = tasks.task_spec(name, frame_size=frame_size, patch_size=patch_size)
@@ -458,7 +457,7 @@ def _write_tfds(spec: TaskSpec, out: Path, splits: Mapping[str, list], metadata:
 
 
 def _missing(name: str, where: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"No dataset for task {name!r} at {where}; build it with `{MAKE_DATA}` "
+    return DataError(f"No dataset for task {name!r} at {where}; build it with `{MAKE_DATA}` "
                              f"(the experiment whose config.data.mixture names {name!r}).")
 
 

@@ -315,3 +315,26 @@ class CaptionSource:
             if len(self._cache) < self.cache_size:
                 self._cache[index] = seq
         return seq
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Held-out windows for evaluation, cut exactly as the training stream cuts them.
+
+
+def control_windows(spec: TaskSpec, layout: VocabLayout, episodes: Sequence[Mapping], seq_len: int,
+                    count: int) -> list[TokenSequence]:
+    """`count` random windows (seeded, no prompts) of the episodes, as `ControlSource` cuts training windows."""
+    flat = FlatEpisodes.from_episodes(episodes, spec)
+    source = ControlSource(spec, layout, flat, seq_len, prompt_prob=0.0, prompt_end_fraction=0.0)
+    rng = np.random.default_rng(0)
+    return [source(rng) for _ in range(count)]
+
+
+def text_windows(tokenizer: TextTokenizer, layout: VocabLayout, documents: Sequence[str], seq_len: int,
+                 patch_size: int, count: int) -> list[TokenSequence]:
+    """The first `count` consecutive seq_len windows of the documents, packed as in training."""
+    ids = document_ids(tokenizer, documents)
+    source = TextSource(ids, layout, seq_len, patch_size)
+    count = min(count, max(1, -(-len(ids) // seq_len)))
+    return [seq_lib.pad_to(source.window(np.asarray(ids[i * seq_len:(i + 1) * seq_len])), seq_len)
+            for i in range(count)]

@@ -11,14 +11,14 @@ in process order, so any process count sees the same global batches. The iterato
 Batches are built in one background thread (more threads only contend for the GIL), or in
 config.data.num_workers grain worker processes, which scale with host cores.
 
-On disk (beside the datasets, rebuilt when their source changes, written whole or not at all):
-  data_dir/<task>/flat_<split>/  each spec field over all steps as one .npy, plus episode offsets;
-                                 memory-mapped, so a window reads only its own timesteps.
-  data_dir/text/ids_<split>_<model hash>.npy  the split's documents as ids, tokenized once.
+On disk (inside each dataset's keyed dir `prepare.Dataset.dir`, rebuilt when their source changes,
+written whole or not at all):
+  <task>-<key>/<task>/flat_<split>/  each spec field over all steps as one .npy, plus episode offsets;
+                                     memory-mapped, so a window reads only its own timesteps.
+  text-<key>/text/ids_<split>_<model hash>.npy  the split's documents as ids, tokenized once.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -33,21 +33,22 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipelines import prepare
+from data_pipelines import captions, corpus, documents, episodes, prepare, tasks
 from data_pipelines import sources as sources_lib
 from data_pipelines.sources import FlatEpisodes, Source
+from gato_jax.errors import DataError
 from gato_jax.tokenizers import sequence as seq_lib
-from gato_jax.tokenizers.sequence import TokenSequence
+from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 from gato_jax.tokenizers.text import TextTokenizer
+from gato_jax.tokenizers.train_data import TrainData
 from gato_jax.tokenizers.vocab import VocabLayout
-from gato_jax.train.data import TrainData
 
 ENDLESS = 2**62  # Examples per source: never reached, so the stream never ends.
 TRAIN_STREAM, EVAL_STREAM = 0, 1  # Seed components that keep training and held-out draws apart.
 READ_THREADS = 1  # Threads building batches ahead of the trainer; more only contend for the GIL.
 PREFETCH_BATCHES = 4  # Batches built ahead; bounds host memory (a 512x1024 Atari batch is ~0.4 GB).
-MAKE_DATA = "make data EXP=<name>"  # The command that builds every dataset an experiment names.
+MAKE_DATA = episodes.MAKE_DATA
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,7 +172,9 @@ class StreamSettings:
 
 
 def make_train_data(layout: VocabLayout, train: Mapping[str, Source], test: Mapping[str, Source],
-                    weights: Mapping[str, float], settings: StreamSettings, meta: dict | None = None) -> TrainData:
+                    weights: Mapping[str, float], settings: StreamSettings, *,
+                    task_specs: Mapping[str, TaskSpec] | None = None, tokenizer: TextTokenizer | None = None,
+                    info: dict | None = None) -> TrainData:
     """TrainData over ready sources: the resumable training stream and fixed held-out batches."""
     s = settings
     shard = lambda examples: local_batches(examples, s.batch_size, s.process_index, s.process_count)
@@ -185,7 +188,7 @@ def make_train_data(layout: VocabLayout, train: Mapping[str, Source], test: Mapp
         return list(held_out)
 
     return TrainData(layout=layout, train_iter=StreamIterator(train_batches, s.num_workers), eval_batches=eval_fn,
-                     meta=dict(meta or {}))
+                     task_specs=dict(task_specs or {}), tokenizer=tokenizer, info=dict(info or {}))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -224,15 +227,14 @@ def cached_text_ids(text_dir: str | os.PathLike, split: str, tokenizer: TextToke
 # Wiring in the prepared datasets.
 
 
-def missing(what: str, where: str | os.PathLike) -> FileNotFoundError:
-    return FileNotFoundError(f"No {what} at {where}; build it with `{MAKE_DATA}` (<name> = this experiment).")
+def missing(what: str, where: str | os.PathLike) -> DataError:
+    return DataError(f"No {what} at {where}; build it with `{MAKE_DATA}` (<name> = this experiment).")
 
 
-def load_text_tokenizer(config: ml_collections.ConfigDict, root: str) -> TextTokenizer:
-    """The prepared SentencePiece model, checked to fill exactly config.vocab.text_size ids."""
-    from data_pipelines import text
-
-    path = text.text_paths(root, config.data.text_vocab_size)["model"]
+def load_text_tokenizer(config: ml_collections.ConfigDict, root: str | os.PathLike) -> TextTokenizer:
+    """The prepared SentencePiece model (below the text dataset's dir), checked to fill exactly
+    config.vocab.text_size ids."""
+    path = corpus.text_paths(root, config.data.text_vocab_size)["model"]
     if not path.exists():
         raise missing(f"{config.data.text_vocab_size}-piece SentencePiece model", path)
     tokenizer = TextTokenizer(path)
@@ -294,13 +296,12 @@ def _fingerprint(spec: TaskSpec, metadata: Mapping) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-def _control_sources(config, root: str, layout: VocabLayout) -> tuple[dict, dict, dict]:
-    """(train sources, test sources, spec JSON by task), all specs checked before any cache is built."""
-    from data_pipelines import episodes, tasks
-
+def _control_sources(config, dirs: Mapping[str, Path], layout: VocabLayout) -> tuple[dict, dict, dict]:
+    """(train sources, test sources, TaskSpec by task), all specs checked before any cache is built."""
     specs, metas = {}, {}
     for name in prepare.control_tasks(config):
         specs[name] = tasks.task_spec(name, frame_size=config.data.frame_size, patch_size=config.model.patch_size)
+        root = dirs[name]
         where = Path(root) / name
         try:
             metas[name] = dict(episodes.load_metadata(root, name))
@@ -308,10 +309,9 @@ def _control_sources(config, root: str, layout: VocabLayout) -> tuple[dict, dict
             raise missing(f"dataset for task {name!r}", where) from e
         check_task_spec(name, specs[name], _stored_spec(metas[name]), str(where))
     make = lambda name, split: sources_lib.ControlSource(
-        specs[name], layout, _task_episodes(root, name, split, specs[name], metas[name]), config.seq_len,
+        specs[name], layout, _task_episodes(dirs[name], name, split, specs[name], metas[name]), config.seq_len,
         prompt_prob=config.data.prompt_prob, prompt_end_fraction=config.data.prompt_end_fraction)
-    return ({n: make(n, "train") for n in specs}, {n: make(n, _held_out_split(n, metas[n])) for n in specs},
-            {n: s.to_json() for n, s in specs.items()})
+    return ({n: make(n, "train") for n in specs}, {n: make(n, _held_out_split(n, metas[n])) for n in specs}, specs)
 
 
 def _held_out_split(name: str, metadata: Mapping) -> str:
@@ -323,9 +323,8 @@ def _held_out_split(name: str, metadata: Mapping) -> str:
     return "train"
 
 
-def _task_episodes(root: str, name: str, split: str, spec: TaskSpec, metadata: Mapping) -> FlatEpisodes:
-    from data_pipelines import episodes
-
+def _task_episodes(root: str | os.PathLike, name: str, split: str, spec: TaskSpec,
+                   metadata: Mapping) -> FlatEpisodes:
     def load():
         try:
             return episodes.load_episodes(root, name, split=split)
@@ -335,11 +334,10 @@ def _task_episodes(root: str, name: str, split: str, spec: TaskSpec, metadata: M
     return cached_flat_episodes(flat_cache_dir(root, name, split), spec, _fingerprint(spec, metadata), load)
 
 
-def _text_sources(config, root: str, layout: VocabLayout, tokenizer: TextTokenizer) -> tuple[dict, dict]:
-    from data_pipelines import text
-
+def _text_sources(config, root: str | os.PathLike, layout: VocabLayout,
+                  tokenizer: TextTokenizer) -> tuple[dict, dict]:
     def make(split: str) -> Source:
-        documents = lambda: text.load_text_split(root, split)
+        documents = lambda: corpus.load_text_split(root, split)
         try:
             ids = cached_text_ids(Path(root) / "text", split, tokenizer, documents)
         except FileNotFoundError as e:
@@ -350,9 +348,8 @@ def _text_sources(config, root: str, layout: VocabLayout, tokenizer: TextTokeniz
     return {n: make("train") for n in names}, {n: make("test") for n in names}
 
 
-def _caption_sources(config, root: str, layout: VocabLayout, tokenizer: TextTokenizer) -> tuple[dict, dict]:
-    from data_pipelines import captions
-
+def _caption_sources(config, root: str | os.PathLike, layout: VocabLayout,
+                     tokenizer: TextTokenizer) -> tuple[dict, dict]:
     def make(split: str) -> Source:
         try:
             examples = captions.load_captions(root, split)
@@ -364,25 +361,54 @@ def _caption_sources(config, root: str, layout: VocabLayout, tokenizer: TextToke
     return {n: make("train") for n in names}, {n: make("test") for n in names}
 
 
-def build_train_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1) -> TrainData:
-    """The experiment's mixture from its prepared datasets, as the trainer consumes it."""
-    root = prepare.data_dir(config)
-    layout = VocabLayout(config.vocab.text_size, config.vocab.num_continuous_bins, config.vocab.num_discrete)
+def _document_sources(config, root: str | os.PathLike | None, layout: VocabLayout,
+                      tokenizer: TextTokenizer) -> tuple[dict, dict]:
+    kinds = [k for k in prepare.DOCUMENT_SOURCES if k in config.data.mixture]
+    if not kinds:
+        return {}, {}
+    try:
+        return documents.training_sources(root, kinds, tokenizer, layout, config.seq_len, config.model.patch_size,
+                                          label_loss=bool(config.data.fewshot_label_loss))
+    except FileNotFoundError as e:
+        raise missing("documents dataset", documents.documents_path(root)) from e
+
+
+class ImagesDropped:
+    """A source's examples with every image position deleted (then re-padded): the text a PrismerGato's
+    decoder sees, for a text-only run that warm-starts it (`config.data.drop_images`)."""
+
+    def __init__(self, source: Source, seq_len: int):
+        self.source, self.seq_len = source, seq_len
+
+    def __call__(self, rng: np.random.Generator) -> TokenSequence:
+        seq = self.source(rng)
+        keep = np.flatnonzero(seq.modality != Modality.IMAGE)
+        return seq_lib.pad_to(TokenSequence(*(field[keep] for field in seq)), self.seq_len)
+
+
+def build_train_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,
+                     dirs: Mapping[str, str | os.PathLike] | None = None) -> TrainData:
+    """The experiment's mixture from its prepared datasets (`prepare.check_prepared`, or `dirs` by name), as
+    the trainer consumes it."""
+    dirs = {k: Path(v) for k, v in (dirs or prepare.check_prepared(config)).items()}
+    layout = VocabLayout.from_config(config)
     weights = normalized_mixture(config.data.mixture)
-    tokenizer = load_text_tokenizer(config, root) if prepare.needs_text_tokenizer(config) else None
-    train, test, specs = _control_sources(config, root, layout)
+    tokenizer = load_text_tokenizer(config, dirs["text"]) if prepare.needs_text_tokenizer(config) else None
+    train, test, specs = _control_sources(config, dirs, layout)
     if tokenizer is not None:
-        for extra_train, extra_test in (_text_sources(config, root, layout, tokenizer),
-                                        _caption_sources(config, root, layout, tokenizer)):
+        for extra_train, extra_test in (_text_sources(config, dirs["text"], layout, tokenizer),
+                                        _caption_sources(config, dirs.get("captions"), layout, tokenizer),
+                                        _document_sources(config, dirs.get("documents"), layout, tokenizer)):
             train.update(extra_train)
             test.update(extra_test)
+    if config.data.get("drop_images", False):
+        train, test = ({k: ImagesDropped(v, config.seq_len) for k, v in d.items()} for d in (train, test))
     unknown = sorted(set(weights) - set(train))
     if unknown:
         raise ValueError(f"config.data.mixture names sources with no data: {unknown}.")
-    meta = {"task_specs": specs, "mixture": weights, "data_dir": root, "text_tokenizer": (
-        base64.b64encode(tokenizer.model_proto_bytes()).decode("ascii") if tokenizer else None)}
+    info = {"mixture": weights, "dataset_dirs": {k: str(v) for k, v in dirs.items()}}
     settings = StreamSettings.from_config(config, process_index, process_count)
-    return make_train_data(layout, train, test, weights, settings, meta)
+    return make_train_data(layout, train, test, weights, settings, task_specs=specs, tokenizer=tokenizer, info=info)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,9 +424,10 @@ def iterator_throughput(iterator, seconds: float = 5.0) -> float:
     return tokens / (time.perf_counter() - start) if tokens else first.tokens.size / seconds
 
 
-def measure_stream_throughput(config: ml_collections.ConfigDict, seconds: float = 5) -> float:
+def measure_stream_throughput(config: ml_collections.ConfigDict, seconds: float = 5,
+                              dirs: Mapping[str, str | os.PathLike] | None = None) -> float:
     """Tokens per second the real pipeline delivers to one process (for `make bench`)."""
-    iterator = build_train_data(config).train_iter
+    iterator = build_train_data(config, dirs=dirs).train_iter
     try:
         return iterator_throughput(iterator, seconds)
     finally:

@@ -6,39 +6,52 @@ Run some with `--only NAME,...` (names: train_step, stream, decode, acting).
 
 train_step times the step `make train` runs (`train.state.build`: jitted, sharded, donated) on a batch
 with the experiment's mixture, plain (`train.sparse=False`) and sparse (the default) alternately, and
-reports MFU against the higher of the best measured matmul and the CPU's FMA peak (`train.flops`).
-decode asserts the KV cache's speed-up (>= MIN_DECODE_SPEEDUP) and the same next token.
+reports MFU against the higher of the best measured matmul and the CPU's FMA peak (`train.mfu`).
+decode asserts the KV cache's speed-up (>= MIN_DECODE_SPEEDUP) and the same next token. The stream and
+acting benchmarks build their data and environments here (data_pipelines) and hand them in.
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from data_pipelines import prepare, stream
+from data_pipelines.tasks import task_spec
+from gato_jax import cli
 from gato_jax import sharding as sharding_lib
+from gato_jax.errors import UsageError
+from gato_jax.evaluate import task_hooks
+from gato_jax.load import Loaded
 from gato_jax.model import Gato
+from gato_jax.rollout.acting_speed import measure_acting
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence, patch_dim_for
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop
 from gato_jax.train import state as state_lib
-from gato_jax.train.flops import measure_matmul_peak, peak_flops, step_flops
 from gato_jax.train.loss import reduce_metrics
+from gato_jax.train.mfu import measure_matmul_peak, peak_flops, step_flops
 
 MIN_DECODE_SPEEDUP = 20.0  # Cached decode over full recomputation at a 1024-token context (asserted).
 
-_ONLY = flags.DEFINE_list("only", [], "Benchmarks to run (default: all).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (the median is reported).")
-_EXPERIMENT = flags.DEFINE_string("experiment", "experiments/atari_mix.py",
-                                  "Config whose model and batch are benchmarked.")
-_OUT = flags.DEFINE_string("out", "runs/bench/results.json", "Where the results JSON goes.")
+PROG = "python -m gato_jax.bench"
+
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_list("only", [], "Benchmarks to run (default: all).", flag_values=fv)
+    flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (the median is reported).", flag_values=fv)
+    flags.DEFINE_string("experiment", "experiments/atari_mix.py", "Config whose model and batch are benchmarked.",
+                        flag_values=fv)
+    flags.DEFINE_string("out", "runs/bench/results.json", "Where the results JSON goes.", flag_values=fv)
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -50,19 +63,6 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def load_experiment(path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def layout_for(config) -> VocabLayout:
-    return VocabLayout(config.vocab.text_size, config.vocab.num_continuous_bins, config.vocab.num_discrete)
 
 
 def atari_like_batch(layout: VocabLayout, batch: int, seq_len: int, patch_size: int, seed: int = 0) -> TokenSequence:
@@ -140,7 +140,7 @@ def _with_train(config, sparse: bool):
 def bench_train_step(config, repeats: int) -> dict:
     """The train step `make train` runs (jitted, sharded, donated: `state.build`), plain and sparse
     (`config.train.sparse`), timed alternately on one mixture batch; MFU against the machine's peak."""
-    layout = layout_for(config)
+    layout = VocabLayout.from_config(config)
     batch = mixture_batch(config, layout)
     mesh = sharding_lib.make_mesh(config.mesh)
     steps, times, metrics = {}, {"plain": [], "sparse": []}, {}
@@ -181,7 +181,7 @@ def bench_train_step(config, repeats: int) -> dict:
 
 def bench_decode(config, repeats: int, context: int = 1024) -> dict:
     """Per-token time with the KV cache over full recomputation, at a `context`-token history."""
-    layout = layout_for(config)
+    layout = VocabLayout.from_config(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
     seq = jax.tree.map(jnp.asarray, atari_like_batch(layout, 1, context, config.model.patch_size))
     graphdef, state = nnx.split(model)
@@ -206,11 +206,9 @@ def bench_decode(config, repeats: int, context: int = 1024) -> dict:
 
 def bench_stream(config, repeats: int, train_result: dict | None = None) -> dict:
     """Tokens/s the real data stream delivers over tokens/s the default train step consumes (>= 5 wanted)."""
-    from data_pipelines import prepare, stream
-
-    prepare.prepare_all(config)
+    dirs = prepare.prepare_all(config)
     train_result = train_result or bench_train_step(config, repeats)
-    rates = [stream.measure_stream_throughput(config, seconds=2.0) for _ in range(max(1, repeats // 2))]
+    rates = [stream.measure_stream_throughput(config, seconds=2.0, dirs=dirs) for _ in range(max(1, repeats // 2))]
     produced = statistics.median(rates)
     return {"headroom": produced / train_result["tokens_per_s"], "stream_tokens_per_s": produced,
             "train_tokens_per_s": train_result["tokens_per_s"],
@@ -223,17 +221,15 @@ def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int |
 
     `num_envs` defaults to the experiment's `config.eval.num_envs`: the batch `make eval` acts with.
     """
-    from data_pipelines.tasks import task_spec
-    from gato_jax.load import Loaded
-    from gato_jax.rollout.bench import measure_acting
-
     num_envs = int(num_envs or config.eval.num_envs)
 
-    layout = layout_for(config)
+    layout = VocabLayout.from_config(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
     spec = task_spec(task, frame_size=config.data.frame_size, patch_size=config.model.patch_size)
     loaded = Loaded(model, config, layout, {task: spec}, None, 0, {})
-    speeds = [measure_acting(loaded, task, num_envs=num_envs, steps=60, seed=i) for i in range(max(1, repeats // 2))]
+    hooks = task_hooks({}, int(config.data.frame_size))  # Environments only: no dataset is read.
+    speeds = [measure_acting(loaded, task, hooks, num_envs=num_envs, steps=60, seed=i)
+              for i in range(max(1, repeats // 2))]
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
     batch = jax.tree.map(jnp.asarray, atari_like_batch(layout, num_envs, config.seq_len, config.model.patch_size))
@@ -263,23 +259,36 @@ def format_table(results: dict) -> str:
     return "\n".join(" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = load_experiment(_EXPERIMENT.value)
-    names = _ONLY.value or list(BENCHMARKS)
+def _main(argv: list[str]) -> int:
+    args = cli.parse(argv, _define, prog=PROG, config=False).flags
+    unknown = sorted(set(args["only"]) - set(BENCHMARKS))
+    if unknown:
+        raise UsageError(f"--only names unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}.")
+    cli.check_positive_flag("repeats", args["repeats"])
+    config = cli.load_experiment(args["experiment"])
+    prepare.check_config(config)
+    cli.check_devices(config, jax.device_count())
+    cli.check_writable_dir(os.path.dirname(os.path.abspath(args["out"])), "--out directory", "pass a writable --out")
+    names = args["only"] or list(BENCHMARKS)
     results: dict = {}
     for name in names:
         if name == "stream" and "train_step" in results:
-            results[name] = bench_stream(config, _REPEATS.value, results["train_step"])
+            results[name] = bench_stream(config, args["repeats"], results["train_step"])
         else:
-            results[name] = BENCHMARKS[name](config, _REPEATS.value)
+            results[name] = BENCHMARKS[name](config, args["repeats"])
     results["machine"] = {"backend": jax.default_backend(), "devices": str(jax.devices()), "cpus": os.cpu_count()}
     print(format_table({k: v for k, v in results.items() if k != "machine"}))
-    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    with open(_OUT.value, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(args["out"])), exist_ok=True)
+    with open(args["out"], "w") as f:
         json.dump(results, f, indent=2, default=str)
-    print(f"wrote {_OUT.value}")
+    print(f"wrote {args['out']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmarks on argv (default sys.argv[1:]); returns the exit status."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,45 +1,50 @@
-"""Compile the train step ahead of time for a target mesh, with no parameters allocated.
+"""`make compile`: compile the train step ahead of time for a target mesh, with no parameters allocated.
 
-`make compile EXP=NAME ARGS="--devices 64 --config.mesh.fsdp=64"` fakes the devices on the CPU, lowers
-and compiles the sharded step from abstract shapes, and prints parameters, FLOPs per step and the
-bytes each device would hold, so a pod can be sized before it is booked.
+`make compile EXP=NAME ARGS="--devices 64 --config.mesh.fsdp=64"` fakes the devices on the CPU
+(`jax_num_cpu_devices`, set before JAX starts its backend), lowers and compiles the sharded step from
+abstract shapes, and prints parameters, FLOPs per step and the bytes each device would hold, so a pod
+can be sized before it is booked. The mesh and batch are checked against the device count first.
 """
 from __future__ import annotations
 
-import os
 import sys
 
+import jax
+import ml_collections
+from absl import flags
 
-def _set_fake_devices(argv: list[str]) -> None:
-    """XLA reads the device count once, at import: set it from --devices before jax loads."""
-    count = 8
-    for i, arg in enumerate(argv):
-        if arg.startswith("--devices="):
-            count = int(arg.split("=", 1)[1])
-        elif arg == "--devices" and i + 1 < len(argv):
-            count = int(argv[i + 1])
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from gato_jax import cli
+from gato_jax import sharding as sharding_lib
+from gato_jax.errors import UsageError
+from gato_jax.model import flops_per_token
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train import state as state_lib
 
-
-_set_fake_devices(sys.argv)
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from gato_jax import sharding as sharding_lib  # noqa: E402
-from gato_jax.model import flops_per_token  # noqa: E402
-from gato_jax.tokenizers.vocab import VocabLayout  # noqa: E402
-from gato_jax.train import state as state_lib  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-flags.DEFINE_integer("devices", 8, "Fake CPU devices standing in for the target topology.")
-flags.mark_flags_as_required(["config"])
+PROG = "python -m gato_jax.compile"
+MAX_FAKE_DEVICES = 4096
 
 
-def compile_report(config) -> dict:
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("devices", 8, "Fake CPU devices standing in for the target topology.", flag_values=fv)
+
+
+def use_fake_devices(count: int) -> None:
+    """`count` CPU devices for this process; a UsageError if JAX already started with another count."""
+    if not 1 <= count <= MAX_FAKE_DEVICES:
+        raise UsageError(f"--devices={count} is out of range: it must be in [1, {MAX_FAKE_DEVICES}].")
+    try:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:
+        pass  # The backend already started (a test, a notebook): fine if it has the devices asked for.
+    if jax.device_count() != count:
+        raise UsageError(f"--devices={count}, but JAX already started with {jax.device_count()} devices in this "
+                         "process; run `make compile` in a fresh process.")
+
+
+def compile_report(config: ml_collections.ConfigDict) -> dict:
     """Compiles the sharded train step from abstract state; returns sizes, FLOPs and memory."""
-    layout = VocabLayout(config.vocab.text_size, config.vocab.num_continuous_bins, config.vocab.num_discrete)
+    layout = VocabLayout.from_config(config)
     mesh = sharding_lib.make_mesh(config.mesh)
     compiled, n_params = state_lib.compile_train_step(config, layout.padded_size, mesh)
     cost = compiled.cost_analysis()
@@ -59,9 +64,13 @@ def compile_report(config) -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    report = compile_report(_CONFIG.value)
+def _main(argv: list[str]) -> int:
+    parsed = cli.parse(argv, _define, prog=PROG)
+    config = parsed.config
+    cli.check_config(config)
+    use_fake_devices(parsed.flags["devices"])
+    cli.check_devices(config, jax.device_count())
+    report = compile_report(config)
     gib = 1024**3
     print(f"mesh {report['mesh']}  parameters {report['parameters'] / 1e6:.1f}M")
     print(f"FLOPs per step {report['flops_per_step']:.3e} (model formula; XLA counts "
@@ -69,7 +78,13 @@ def main(argv: list[str]) -> None:
     print(f"bytes per device {report['bytes_per_device'] / gib:.2f} GiB "
           f"(arguments {report['argument_bytes_per_device'] / gib:.2f} GiB, "
           f"temporaries {report['temp_bytes_per_device'] / gib:.2f} GiB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ahead-of-time compile on argv (default sys.argv[1:]); returns the exit status."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

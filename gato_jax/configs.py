@@ -41,6 +41,40 @@ def model_config(preset: str = "cpu_small") -> ml_collections.ConfigDict:
     # scores (Press et al. 2022; geometric slopes per head), "none" leaves causal order as the only signal
     # (NoPE). Without it, attending to the latest observation was slow to learn.
     m.position_bias = "alibi"
+    # Attention mask [D]: "causal" (Gato: each token sees itself and earlier tokens of its segment) or
+    # "semi_causal" (MetaLM): tokens of one span see each other in both directions, everything else stays
+    # causal, so every later token still sees every earlier image. Spans: "images" (one image's patches)
+    # or "observations" (every observation token of one timestep: its images and its values).
+    m.attention = "causal"
+    m.semi_causal_spans = "images"
+    # Image encoder [D]: "patches" (one token per patch from the patch ResNet) or "resampler" (KOSMOS-1 /
+    # Flamingo perceiver resampler: `resampler_tokens` learned queries cross-attend to one image's patch
+    # embeddings and give that many tokens; an image with fewer patches keeps one token per patch).
+    m.image_encoder = "patches"
+    m.resampler_tokens = 4
+    m.resampler_layers = 1  # Cross-attention + MLP layers of the resampler.
+    # Which model (issue 14): "gato" (the decoder above) or "prismer" (`gato_jax.model.prismer`: the same
+    # decoder, images taken out of its sequence and read instead through gated cross-attention from a
+    # vision encoder of frozen experts and a trainable expert resampler; needs image_encoder="patches").
+    m.kind = "gato"
+    m.prismer = ml_collections.ConfigDict()  # Read only when kind == "prismer" (PrismerDims).
+    m.prismer.experts = ("edges", "segments", "shapes")  # Frozen experts that run, from perception.EXPERTS.
+    # RGB colours of the 'segments' expert; experiments set data_pipelines.captions.COLOURS + black.
+    m.prismer.palette = ((0, 0, 0),)
+    # Orbax checkpoint of the learned 'shapes' expert; empty = the entry point sets it to the prepared
+    # "shape_expert" dataset (data_pipelines/prepare.py) before the model is built.
+    m.prismer.shape_expert_dir = ""
+    m.prismer.image_size = 32  # Side of every image in pixels (R = (image_size / patch_size)^2 patches).
+    m.prismer.max_images = 24  # Image slots per row; images past this many in a row are not seen.
+    m.prismer.num_queries = 4  # Resampler tokens Q per expert.
+    m.prismer.resampler_layers = 1  # Perceiver-resampler layers (shared by the experts).
+    m.prismer.resampler_mlp_dim = 0  # Hidden width of the resampler's MLPs; 0 = d_model.
+    m.prismer.expert_pool = 2  # Expert maps are average-pooled by this factor before their patch projection.
+    m.prismer.rgb_tokens = True  # Also give the decoder the image's own patch embeddings (R tokens).
+    # A gated cross-attention layer before every k-th decoder block (k divides num_layers), with a gated
+    # MLP after it or not. 2 and False keep cpu_small's trainable fraction under 0.3 with a frozen decoder.
+    m.prismer.cross_attention_every = 2
+    m.prismer.cross_attention_mlp = False
     return m
 
 
@@ -60,6 +94,17 @@ def train_config() -> ml_collections.ConfigDict:
     # Layers per iteration of the scan over layers in the sparse step; 0 unrolls them all (no stacked
     # per-layer residuals in the backward pass: ~15% of a cpu_small step; compile time grows with layers).
     t.scan_unroll = 0
+    # Frozen parameter groups: regular expressions over parameter names ('blocks/attn/query/kernel',
+    # 'vision/resampler/queries'; `train.partial`). A frozen parameter gets no optimizer state and no
+    # update; a pattern that names no parameter is an error. () trains everything.
+    t.frozen = ()
+    # Warm start (fresh runs only; a resumed run reads its own checkpoint): the parameters named by
+    # `params` (regexes; () = every parameter) read from another run's checkpoint onto this mesh.
+    t.warm_start = ml_collections.ConfigDict()
+    t.warm_start.workdir = ""  # The source run's workdir (or its checkpoints/); empty = no warm start.
+    t.warm_start.step = -1  # Its checkpoint step; -1 = the latest readable one.
+    t.warm_start.params = ()  # Which parameters, e.g. ("^embed/token", "^blocks/", "^final_norm/").
+    t.warm_start.rename = ()  # (regex, replacement) pairs from a name here to the name in the source.
     return t
 
 
@@ -107,8 +152,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = -1  # -1 = auto-detect.
 
     c.data = ml_collections.ConfigDict()
-    c.data.dir = ""  # Dataset root; empty = $GATO_DATA_DIR, else ./data.
-    c.data.variant = ""  # Subfolder of the root for datasets of other sizes (":smoke" sets "smoke").
+    # Dataset root; empty = $GATO_DATA_DIR, else ./data. Each dataset lives in <root>/<name>-<hash of its
+    # settings>, so smoke and full datasets (or any two settings) sit side by side (data_pipelines.prepare).
+    c.data.dir = ""
     c.data.mixture = ml_collections.ConfigDict()  # Source name -> sampling weight (normalised).
     c.data.episodes_per_task = 100  # Expert episodes generated per control task.
     c.data.max_episode_steps = 1000  # Step cap when generating episodes.
@@ -128,6 +174,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.caption_train_examples = 4000  # Procedural scenes for training captions.
     c.data.caption_test_examples = 400  # Held-out scenes (some colour-shape pairs never seen in training).
     c.data.caption_image_size = 32  # Caption images are caption_image_size^2 RGB (a multiple of 16).
+    # Interleaved image-text examples (data_pipelines/documents.py; mixture names "documents",
+    # "questions", "fewshot"), per kind, drawn at caption_image_size.
+    c.data.document_train_examples = 3000
+    c.data.document_test_examples = 300
+    c.data.fewshot_label_loss = False  # Also train on the demonstrations' words, not only the query's.
+    c.data.caption_digits = True  # Mix scikit-learn's digits into captions (False: scenes only).
+    # Delete every image position from the training and held-out examples (a text-only run whose decoder
+    # then warm-starts a model.kind="prismer" run, which reads images only through cross-attention).
+    c.data.drop_images = False
     c.data.num_workers = 0  # grain worker processes (0 = in the main process).
 
     c.eval = ml_collections.ConfigDict()
@@ -138,6 +193,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.prompted = True  # Pin a demonstration prompt at the front of the context.
     c.eval.temperature = 1.0  # Action sampling temperature.
     c.eval.caption_examples = 200  # Held-out captions scored for exact match.
+    c.eval.question_examples = 280  # Held-out visual questions scored (40 of each of the 7 types).
+    c.eval.fewshot_examples = 200  # Held-out few-shot episodes scored at each number of shots.
     c.eval.text_batches = 8  # Held-out text batches for perplexity.
     return c
 
@@ -172,10 +229,11 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.eval_batches = 1
     c.optimizer.warmup_steps = 5
     c.data.episodes_per_task, c.data.max_episode_steps, c.data.reference_episodes = 3, 200, 2
-    c.data.variant = "smoke"  # Smoke datasets live beside the full ones, never in their place.
     c.data.caption_train_examples, c.data.caption_test_examples = 200, 40
     c.eval.episodes, c.eval.num_envs, c.eval.max_steps = 2, 2, 100
     c.eval.caption_examples, c.eval.text_batches = 10, 1
+    c.data.document_train_examples, c.data.document_test_examples = 60, 21
+    c.eval.question_examples, c.eval.fewshot_examples = 14, 8
 
 
 def finalize(c: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:

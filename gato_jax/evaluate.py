@@ -1,38 +1,116 @@
-"""Entry point: `python -m gato_jax.evaluate --config experiments/NAME.py --workdir runs/NAME`.
+"""`make eval`: `python -m gato_jax.evaluate --config experiments/NAME.py --workdir runs/NAME [--step N]`.
 
 Any config field can be overridden, e.g. `--config.eval.episodes=10 --config.eval.prompted=False`.
 
-Parses flags and hands over to `gato_jax.rollout.evaluate.evaluate`; a missing or incompatible
-checkpoint, or missing held-out data, ends with one line saying what to do, not a traceback.
+Checks the inputs (config values, a checkpoint in the workdir that this config's vocabulary matches, the
+held-out data of every task), loads the checkpoint's parameters, wires environments, episodes and
+held-out windows from data_pipelines into `gato_jax.rollout.checkpoint_eval.evaluate_checkpoint`, and
+prints the report. Every mistake ends with one line naming the fix (`gato_jax.cli`).
 """
 from __future__ import annotations
 
-import logging
+import functools
+import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/NAME.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/; the report goes to WORKDIR/eval.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-flags.mark_flags_as_required(["config", "workdir"])
+from data_pipelines import captions, corpus, documents, episodes, prepare, sources, tasks
+from gato_jax import cli
+from gato_jax.errors import DataError
+from gato_jax.load import load_checkpoint, read_meta
+from gato_jax.logs import quiet_libraries
+from gato_jax.rollout.checkpoint_eval import DataHooks, EvalSources, TaskHooks, evaluate_checkpoint
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train.checkpoint import CheckpointMeta
+
+PROG = "python -m gato_jax.evaluate"
+EVAL_DIR = "eval"
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.getLogger().setLevel(logging.WARNING)
-    from gato_jax.rollout.evaluate import MissingDataError, evaluate
-    from gato_jax.train.checkpoint import CheckpointError
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/; the report goes to WORKDIR/eval.",
+                        flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest readable).", flag_values=fv)
 
+
+def task_hooks(dirs: Mapping[str, Path], frame_size: int) -> TaskHooks:
+    """Real environments (Atari frames of the size the model trained on) and the prepared episodes."""
+    return TaskHooks(
+        make_env=functools.partial(tasks.make_env, frame_size=frame_size),
+        action_to_env=tasks.action_to_env,
+        load_episodes=lambda name, split: episodes.load_episodes(dirs[name], name, split),
+        load_metadata=lambda name: episodes.load_metadata(dirs[name], name),
+        windows=sources.control_windows,
+        make_vector_env=functools.partial(tasks.make_vector_env, frame_size=frame_size))
+
+
+def vision_language_prompts(documents_dir: Path, tokenizer, layout, patch_size: int, max_questions: int,
+                            max_episodes: int) -> dict[str, list]:
+    """Held-out visual questions and few-shot episodes (test split, disjoint by pixels) as prompts."""
+    questions = documents.load_documents(documents_dir, "test", "questions")
+    episodes_ = documents.load_documents(documents_dir, "test", "fewshot")
+    return {"questions": documents.question_prompts(questions, tokenizer, layout, patch_size, max_questions),
+            "fewshot": documents.fewshot_prompts(episodes_, tokenizer, layout, patch_size,
+                                                 max_examples=max_episodes)}
+
+
+def data_hooks(dirs: Mapping[str, Path]) -> DataHooks:
+    """The prepared captions, text and documents, cut and parsed as in training."""
+    vl = functools.partial(vision_language_prompts, dirs["documents"]) if "documents" in dirs else None
+    return DataHooks(
+        load_captions=lambda split: captions.load_captions(dirs["captions"], split),
+        load_text_split=lambda split: corpus.load_text_split(dirs["text"], split),
+        unigram_baseline=lambda size: corpus.unigram_baseline(dirs["text"], size),
+        text_windows=sources.text_windows, parse_caption=captions.parse_caption, vision_language_prompts=vl)
+
+
+def eval_sources(config) -> EvalSources:
+    mixture = list(config.data.mixture)
+    return EvalSources(tuple(prepare.control_tasks(config)), any(n in prepare.CAPTION_SOURCES for n in mixture),
+                       any(n in prepare.TEXT_SOURCES for n in mixture), prepare.mixes_documents(config))
+
+
+def dataset_dirs(config, meta: CheckpointMeta) -> dict[str, Path]:
+    """The datasets the checkpoint trained on when they are still there (unless config.data.dir or
+    $GATO_DATA_DIR says where to look), else those of this config's settings; DataError when missing."""
+    saved = meta.data.get("dataset_dirs") or {}
+    overridden = bool(config.data.dir or os.environ.get("GATO_DATA_DIR"))
+    needed = prepare.datasets(config)
+    if not overridden and all(name in saved and Path(saved[name]).is_dir() for name in needed):
+        return {name: Path(saved[name]) for name in needed}
     try:
-        report = evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
-    except (CheckpointError, MissingDataError) as err:
-        sys.exit(f"error: {err}")
+        return prepare.check_prepared(config)
+    except DataError as err:
+        raise DataError(f"{err} Evaluation reads each task's held-out episodes and reference returns.") from None
+
+
+def _main(argv: list[str]) -> int:
+    parsed = cli.parse(argv, _define, prog=PROG, required=("workdir",))
+    config, workdir = parsed.config, parsed.flags["workdir"]
+    prepare.check_config(config)
+    if not os.path.isdir(workdir):
+        raise cli.UsageError(f"--workdir {workdir} does not exist; pass the run directory `make train` wrote "
+                             "(make eval EXP=NAME WORKDIR=runs/NAME).")
+    quiet_libraries()
+    layout = VocabLayout.from_config(config)
+    dirs = dataset_dirs(config, read_meta(workdir, parsed.flags["step"], expected_layout=layout))
+    loaded = load_checkpoint(workdir, parsed.flags["step"], expected_layout=layout)
+    hooks = task_hooks(dirs, int(loaded.config.data.frame_size))
+    report = evaluate_checkpoint(loaded, config, os.path.join(workdir, EVAL_DIR), eval_sources(config), hooks,
+                                 data_hooks(dirs))
     with open(report["files"]["md"]) as f:
         print(f.read())
     print(f"Report: {report['files']['json']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs evaluation on argv (default sys.argv[1:]); returns the exit status."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

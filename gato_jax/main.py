@@ -1,32 +1,65 @@
-"""Entry point: `python -m gato_jax.main --config experiments/NAME.py[:smoke] --workdir runs/NAME`.
+"""`make train`: `python -m gato_jax.main --config experiments/NAME.py[:smoke] --workdir runs/NAME`.
 
-Parses flags and hands over: data preparation (when missing) and `train_and_evaluate`.
+Parses flags, checks every input before any work (`gato_jax.cli`: the experiment, each config value,
+the mesh against the devices, the workdir, a checkpoint already there), prepares missing data, builds
+the training stream and hands it to `train_and_evaluate`. Any mistake ends with one line and a non-zero
+exit status; `--debug` (or GATO_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+import sys
 
+import jax
+from absl import flags
+
+from data_pipelines import prepare, stream
+from gato_jax import cli
+from gato_jax.load import read_meta
 from gato_jax.logs import quiet_libraries
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train import distributed
+from gato_jax.train.checkpoint import checkpoint_root, has_checkpoints
+from gato_jax.train.loop import check_compatible, train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/NAME.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard.")
-_PREPARE = flags.DEFINE_bool("prepare_data", True, "Build missing datasets before training.")
-flags.mark_flags_as_required(["config", "workdir"])
+PROG = "python -m gato_jax.main"
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard.", flag_values=fv)
+    flags.DEFINE_bool("prepare_data", True, "Build missing datasets before training.", flag_values=fv)
+
+
+def check_resumable(config, workdir: str) -> None:
+    """A checkpoint already in `workdir` must be of this model and vocabulary (read before any data is built)."""
+    if has_checkpoints(workdir):
+        check_compatible(read_meta(workdir), config, VocabLayout.from_config(config), checkpoint_root(workdir))
+
+
+def _main(argv: list[str]) -> int:
+    parsed = cli.parse(argv, _define, prog=PROG, required=("workdir",))
+    config, workdir = parsed.config, parsed.flags["workdir"]
+    prepare.check_config(config)
+    prepare.use_prepared_experts(config)  # model.kind="prismer": where its learned frozen expert is trained.
+    distributed.maybe_initialize(config.distributed)
+    cli.check_devices(config, jax.device_count(), jax.process_count())
+    cli.check_writable_dir(workdir, "--workdir", "pass a --workdir you can write (make train WORKDIR=...)")
+    check_resumable(config, workdir)
     quiet_libraries()
-    config = _CONFIG.value
-    if _PREPARE.value:
-        from data_pipelines import prepare
+    dirs = prepare.prepare_all(config) if parsed.flags["prepare_data"] else prepare.check_prepared(config)
+    data = stream.build_train_data(config, jax.process_index(), jax.process_count(), dirs)
+    rows = train_and_evaluate(config, workdir, data)
+    if rows:
+        print(f"step {rows[-1]['step']}: loss {rows[-1].get('loss', float('nan')):.4f}; checkpoints in {workdir}")
+    else:
+        print(f"{workdir} is already at step {config.num_train_steps}: nothing to train (raise "
+              "--config.num_train_steps to train on).")
+    return 0
 
-        prepare.prepare_all(config)
-    from gato_jax.train.loop import train_and_evaluate
 
-    train_and_evaluate(config, _WORKDIR.value)
+def main(argv: list[str] | None = None) -> int:
+    """Runs training on argv (default sys.argv[1:]); returns the exit status."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Device mesh, the logical-axis rules table, and sharded model creation.
+"""Device mesh and the logical-axis rules table (models are built already sharded in `model.build`).
 
 Layers name logical axes only (`nnx.with_partitioning(init, ("embed", "mlp"))`); this module alone maps
 them to the three mesh axes (data, fsdp, tensor). A dimension whose size the mapped mesh axes do not
@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-
-if TYPE_CHECKING:
-    from gato_jax.model import Gato
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -132,22 +129,3 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_mesh(names, x.shape, mesh))
-
-
-def create_sharded_model(model_config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh,
-                         seed: int = 0) -> Gato:
-    """A Gato whose parameters are created already sharded: shapes come from `jax.eval_shape`, then
-    initialisation runs under `jit` with the rules' shardings as `out_shardings` (no host copy, no
-    replicated intermediate). Same seed, same values on every mesh."""
-    from gato_jax.model.transformer import (  # Here: the model imports `constrain`.
-        Gato,
-        abstract_model,
-    )
-
-    def init():
-        return nnx.split(Gato(model_config, vocab_size, rngs=nnx.Rngs(seed)))[1]
-
-    graphdef, abstract_state = abstract_model(model_config, vocab_size, seed)
-    with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=param_shardings(abstract_state, mesh))()
-    return nnx.merge(graphdef, state)

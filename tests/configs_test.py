@@ -8,9 +8,11 @@ import os
 import jax
 import pytest
 
-from gato_jax import configs
+from data_pipelines import prepare
+from gato_jax import cli
 from gato_jax import sharding as sharding_lib
 from gato_jax.model import count_params
+from gato_jax.model.cost import matmul_params
 from gato_jax.tokenizers.vocab import VocabLayout
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "*.py")))
@@ -32,14 +34,17 @@ def test_config_loads_and_fits(path, arg):
 
     config = load(path, arg)
     assert config.is_locked
-    known = set(task_names()) | {"text", "captions"}
+    known = set(task_names()) | {"text", "captions", "documents", "questions", "fewshot"}
     assert set(config.data.mixture) <= known, f"unknown sources {set(config.data.mixture) - known}"
-    layout = VocabLayout(config.vocab.text_size, config.vocab.num_continuous_bins, config.vocab.num_discrete)
-    assert count_params(config.model, layout.padded_size) > 0
+    layout = VocabLayout.from_config(config)
+    params = count_params(config.model, layout.padded_size)  # Builds the model abstractly (jax.eval_shape).
+    # The FLOPs formula's N (matmul weights) is most of the real model; the rest is the patch ResNet and tables.
+    assert 0.5 < matmul_params(config.model, layout.padded_size) / params <= 1.0
     mesh = sharding_lib.make_mesh(config.mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     assert config.batch_size % batch_shards == 0, f"batch {config.batch_size} over {batch_shards} shards"
-    assert config.model.num_heads * config.model.head_dim > 0 and jax.device_count() == 8
+    assert jax.device_count() == 8
+    cli.check_config(config, prepare.known_sources())  # Every value in range, as the entry points check.
 
 
 def test_unknown_config_argument_is_a_clear_error():
@@ -47,5 +52,6 @@ def test_unknown_config_argument_is_a_clear_error():
         load(EXPERIMENTS[0], "bogus")
 
 
-def test_presets_exist_for_gato_sizes():
-    assert {"gato_79m", "gato_364m", "gato_1_18b"} <= set(configs.MODEL_PRESETS)
+def test_unknown_experiment_names_the_choices():
+    with pytest.raises(cli.UsageError, match="unknown experiment 'nope'.*'atari_mix'"):
+        cli.load_experiment("experiments/nope.py")

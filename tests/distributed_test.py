@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": ""}
+    return {**os.environ, "PYTHONPATH": REPO}
 
 
 def test_two_processes_match_one_process(tmp_path):

@@ -121,7 +121,7 @@ def test_filtered_episodes_are_dropped_and_counted(tmp_path, monkeypatch):
 
 def test_missing_dataset_names_the_command(tmp_path):
     for load in (episodes.load_episodes, episodes.load_metadata):
-        with pytest.raises(FileNotFoundError, match=r"make data EXP=<exp>"):
+        with pytest.raises(FileNotFoundError, match=r"make data EXP=<name>"):
             load(tmp_path, "atari_pong")
 
 
@@ -136,17 +136,3 @@ def test_corrupt_record_names_file_and_record(data_dir, tmp_path):
     loaded = episodes.load_episodes(tmp_path, "control_reacher")
     with pytest.raises(episodes.CorruptRecordError, match=rf"record 0 of {path}"):
         loaded[0]
-
-
-def test_smoke_datasets_live_beside_the_full_ones(monkeypatch, tmp_path):
-    """A smoke run must not rebuild the full datasets with smoke settings (it gets its own folder)."""
-    import importlib.util
-
-    from data_pipelines import prepare
-
-    monkeypatch.setenv("GATO_DATA_DIR", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("atari_mix", "experiments/atari_mix.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    full, smoke = prepare.data_dir(module.get_config()), prepare.data_dir(module.get_config("smoke"))
-    assert full == str(tmp_path) and smoke == str(tmp_path / "smoke")

@@ -324,3 +324,27 @@ def test_remat_gradients_equal_plain_gradients(fns, gapped):
 
     for a, b in zip(jax.tree.leaves(grads(graphdef, state)), jax.tree.leaves(grads(fns.graphdef, fns.state))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+def test_dropout_is_on_only_in_training_mode():
+    """With dropout_rate 0.5 a training-mode pass differs from the deterministic one, reproducibly per key;
+    with 0 (or deterministic=True) it changes nothing. No image tokens, so the patch-position sampling of
+    training mode plays no part."""
+    batch = make_batch(np.ones((B, T), np.int32), seed=3)
+    text_only = np.where(batch.modality == Modality.IMAGE, Modality.TEXT, batch.modality).astype(np.int32)
+    batch = jax.tree.map(jnp.asarray, batch._replace(modality=text_only, patches=np.zeros_like(batch.patches)))
+    outputs = {}
+    for rate in (0.0, 0.5):
+        cfg = configs.model_config("tiny")
+        cfg.dropout_rate = rate
+        graphdef, state = nnx.split(Gato(cfg, LAYOUT.padded_size, rngs=nnx.Rngs(0)))
+        run = jax.jit(lambda s, seq, key, g=graphdef: nnx.merge(g, s)(seq, deterministic=False, rngs=key))
+        det = jax.jit(lambda s, seq, g=graphdef: nnx.merge(g, s)(seq))
+        outputs[rate] = [np.asarray(f) for f in (det(state, batch), run(state, batch, jax.random.key(1)),
+                                                 run(state, batch, jax.random.key(1)),
+                                                 run(state, batch, jax.random.key(2)))]
+    off, on = outputs[0.0], outputs[0.5]
+    np.testing.assert_allclose(off[1], off[0], atol=1e-5)  # Rate 0: training mode is the deterministic pass.
+    np.testing.assert_allclose(on[0], off[0], atol=1e-5)  # Same weights: deterministic ignores the rate.
+    np.testing.assert_array_equal(on[1], on[2])  # Same key, same mask.
+    assert np.abs(on[1] - on[0]).mean() > 1e-3 and np.abs(on[1] - on[3]).mean() > 1e-3

@@ -10,14 +10,15 @@ Array key: B = batch, T = tokens, V = vocabulary, A = action tokens.
 from __future__ import annotations
 
 import atexit
-import base64
 import functools
 import json
 import math
 import os
 import shutil
 import tempfile
+import types
 
+import chex
 import gymnasium
 import jax
 import jax.numpy as jnp
@@ -25,23 +26,24 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_pipelines import captions, sources
 from gato_jax import configs
-from gato_jax.load import abstract_train_state, load_checkpoint, one_device_mesh
+from gato_jax.load import load_checkpoint, one_device_mesh
 from gato_jax.model import cache as cache_lib
+from gato_jax.rollout import acting_speed, report
 from gato_jax.rollout import agent as agent_lib
-from gato_jax.rollout import bench, report
-from gato_jax.rollout import evaluate as eval_lib
+from gato_jax.rollout import checkpoint_eval as eval_lib
 from gato_jax.rollout.agent import Agent, demonstration_prompts
 from gato_jax.rollout.envs import EnvBatch, run_episodes
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 from gato_jax.tokenizers.text import TextTokenizer
+from gato_jax.tokenizers.train_data import TrainData
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop
 from gato_jax.train import state as state_lib
 from gato_jax.train.checkpoint import Checkpointer
-from gato_jax.train.data import TrainData
 
 LAYOUT = VocabLayout(text_size=64, num_continuous_bins=32, num_discrete=32)
 TASK = "toy_corridor"
@@ -102,10 +104,12 @@ def corridor_episode(start: int, length: int) -> dict:
 TASK_HOOKS = eval_lib.TaskHooks(
     make_env=lambda name, *, sticky_actions, max_steps, seed: Corridor(max_steps),
     action_to_env=lambda name, action: int(action["move"]),
-    load_episodes=lambda data_dir, name, split: [corridor_episode(0, 7), corridor_episode(2, 5)],
-    load_metadata=lambda data_dir, name: {"expert_return": 0.5, "random_return": -2.0,
-                                          "expert_returns": [0.0, 1.0], "random_returns": [-3.0, -2.0, -1.0]},
+    load_episodes=lambda name, split: [corridor_episode(0, 7), corridor_episode(2, 5)],
+    load_metadata=lambda name: {"expert_return": 0.5, "random_return": -2.0,
+                                "expert_returns": [0.0, 1.0], "random_returns": [-3.0, -2.0, -1.0]},
+    windows=sources.control_windows,
 )
+SOURCES = eval_lib.EvalSources((TASK,), captions=True, text=True)
 
 
 def tiny_config():
@@ -123,8 +127,6 @@ def tiny_config():
 
 def caption_examples(n: int = 3) -> list[dict]:
     """Two scenes (one of a novel colour-shape pair) and a digit, in the captions dataset's layout."""
-    from data_pipelines import captions
-
     scenes = [captions.Scene(1, "red", "triangle", "left"), captions.Scene(2, "green", "circle", "top")]
     rng = np.random.default_rng(0)
     out = [{"image": captions.draw_scene(s, 32, rng), "caption": captions.caption(s), "source": "scene",
@@ -138,14 +140,12 @@ TEXT = ["to be or not to be that is the question", "whether tis nobler in the mi
         "the slings and arrows of outrageous fortune", "or to take arms against a sea of troubles",
         "and by opposing end them to die to sleep", "no more and by a sleep to say we end",
         "the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs"]
-DATA_HOOKS = eval_lib.DataHooks(load_captions=lambda data_dir, split: caption_examples(),
-                                load_text_split=lambda data_dir, split: TEXT,
-                                unigram_baseline=lambda data_dir, vocab_size: 50.0)
+DATA_HOOKS = eval_lib.DataHooks(load_captions=lambda split: caption_examples(), load_text_split=lambda split: TEXT,
+                                unigram_baseline=lambda vocab_size: 50.0, text_windows=sources.text_windows,
+                                parse_caption=captions.parse_caption)
 
 
 def train_tokenizer(directory: str) -> TextTokenizer:
-    from data_pipelines import captions
-
     corpus = os.path.join(directory, "corpus.txt")
     with open(corpus, "w") as f:
         f.write("\n".join(captions.caption_training_text(400) + TEXT * 20))
@@ -158,7 +158,7 @@ def random_state(config, seed: int = 0) -> state_lib.TrainState:
     `state_lib.build` would compile the random initialisers (~15 s for the tiny preset on a loaded
     2-core machine); the slow test below checks that a checkpoint from `build` loads the same way.
     """
-    _, _, abstract = abstract_train_state(config, LAYOUT.padded_size, one_device_mesh())
+    abstract = state_lib.abstract_train_state(config, LAYOUT.padded_size, one_device_mesh()).state
     rng = np.random.default_rng(seed)
 
     def fill(x):
@@ -170,10 +170,9 @@ def random_state(config, seed: int = 0) -> state_lib.TrainState:
 
 def save_checkpoint(workdir: str, config, state, tokenizer: TextTokenizer | None, layout: VocabLayout = LAYOUT,
                     step: int = 1) -> None:
-    """Saves `state` with the metadata training writes (loop.checkpoint_meta over the stream's meta)."""
-    meta = {"task_specs": {TASK: SPEC.to_json()}, "data_dir": workdir, "mixture": dict(config.data.mixture),
-            "text_tokenizer": tokenizer and base64.b64encode(tokenizer.model_proto_bytes()).decode("ascii")}
-    data = TrainData(layout=layout, train_iter=None, eval_batches=list, meta=meta)
+    """Saves `state` with the metadata training writes (loop.checkpoint_meta over what the stream hands over)."""
+    data = TrainData(layout=layout, train_iter=None, eval_batches=list, task_specs={TASK: SPEC}, tokenizer=tokenizer,
+                     info={"mixture": dict(config.data.mixture)})
     Checkpointer(workdir).save(step, state, {}, loop.checkpoint_meta(config, data))
 
 
@@ -231,7 +230,7 @@ def test_action_tokens_follow_the_spec():
 
 
 def _prompt(agent: Agent) -> TokenSequence:
-    episodes = TASK_HOOKS.load_episodes("", TASK, "test")
+    episodes = TASK_HOOKS.load_episodes(TASK, "test")
     return demonstration_prompts(SPEC, LAYOUT, episodes, agent.max_prompt_tokens, B, np.random.default_rng(0))
 
 
@@ -246,13 +245,14 @@ def test_demonstration_prompts_are_episode_ends_in_whole_timesteps(loaded):
     assert (moves == 2).all()  # The demonstrations' last actions: walk right.
 
 
-def test_agent_samples_valid_ids_and_compiles_once(loaded):
+def test_agent_samples_valid_ids_and_compiles_once(loaded, monkeypatch):
     """30 steps over a ring that wraps several times, random row resets, a fresh cache and a prompted
     one: at most one trace of the act step (none if an earlier test compiled these shapes)."""
+    monkeypatch.setattr(agent_lib, "_act_fn", chex.assert_max_traces(agent_lib._act_fn, n=1))
     agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN, temperature=3.0)
     envs = [Corridor() for _ in range(B)]
     observations = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
-    key, rng, traces, ids = jax.random.key(0), np.random.default_rng(0), agent_lib.TRACES["act"], []
+    key, rng, ids = jax.random.key(0), np.random.default_rng(0), []
     for step in range(30):
         if step in (0, 15):
             cache = agent.initial_state(None if step == 0 else _prompt(agent))
@@ -263,7 +263,6 @@ def test_agent_samples_valid_ids_and_compiles_once(loaded):
         ids.append(np.asarray(out.action_ids_BxA))
         for env, action in zip(envs, agent.decode_actions(out.action_ids_BxA)):
             env.step(int(action["move"]))
-    assert agent_lib.TRACES["act"] - traces <= 1
     ids_NxBxA = np.stack(ids)
     tokens = agent.actions
     assert ((ids_NxBxA >= tokens.lo_A) & (ids_NxBxA < tokens.hi_A)).all()
@@ -387,19 +386,18 @@ def test_heldout_episodes_come_from_the_test_split_only(tmp_path):
     """No test episodes: a one-line error naming `make data`, never a fall-back to training episodes."""
     asked = []
 
-    def load(data_dir, name, split):
+    def load(name, split):
         asked.append(split)
         return [corridor_episode(0, 7)] if split == "train" else []
 
     hooks = TASK_HOOKS._replace(load_episodes=load)
-    assert len(eval_lib.heldout_episodes(TASK_HOOKS, "", TASK)) == 2
-    with pytest.raises(ValueError, match=r"no held-out \('test' split\) episodes.*make data EXP="):
-        eval_lib.heldout_episodes(hooks, str(tmp_path), TASK)
-    config = tiny_config()
-    config.data.dir = str(tmp_path)
-    with pytest.raises(ValueError, match="make data EXP="):
-        eval_lib.evaluate(config, tiny_checkpoint()[0], task_hooks=hooks, data_hooks=DATA_HOOKS, progress=False)
-    assert "train" not in asked
+    assert len(eval_lib.heldout_episodes(TASK_HOOKS, TASK)) == 2
+    with pytest.raises(eval_lib.MissingDataError, match=r"no held-out \('test' split\) episodes.*make data EXP="):
+        eval_lib.heldout_episodes(hooks, TASK)
+    with pytest.raises(eval_lib.MissingDataError, match="make data EXP="):
+        eval_lib.evaluate_checkpoint(load_checkpoint(tiny_checkpoint()[0]), tiny_config(), str(tmp_path / "eval"),
+                                     SOURCES, hooks, DATA_HOOKS, progress=False)
+    assert "train" not in asked and not (tmp_path / "eval" / "report.json").exists()
 
 
 def test_caption_examples_are_shared_between_kinds_and_scored_apart():
@@ -435,13 +433,10 @@ def test_continuous_action_errors_are_in_action_units():
     assert eval_lib.continuous_action_errors(discrete, LAYOUT, target[:, :1], predicted[:, :1]) == {}
 
 
-def test_evaluate_writes_report_chart_and_video(tmp_path, monkeypatch):
+def test_evaluate_writes_report_chart_and_video(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(eval_lib, "CAPTION_BATCH", 1)  # Shares the sampler's compiles with sample_test.
-    workdir = tiny_checkpoint()[0]
-    config = tiny_config()
-    config.data.dir = str(tmp_path)
-    result = eval_lib.evaluate(config, workdir, task_hooks=TASK_HOOKS, data_hooks=DATA_HOOKS, progress=False)
-    out = os.path.join(workdir, "eval")
+    out = str(tmp_path / "eval")
+    result = eval_lib.evaluate_checkpoint(loaded, tiny_config(), out, SOURCES, TASK_HOOKS, DATA_HOOKS, progress=False)
     with open(os.path.join(out, "report.json")) as f:
         saved = json.load(f)
     task = saved["tasks"][TASK]
@@ -471,11 +466,10 @@ def test_evaluate_writes_report_chart_and_video(tmp_path, monkeypatch):
 
 def test_heldout_action_accuracy_matches_the_training_metric(loaded):
     """The report's imitation figure is the loss function's action accuracy on the same held-out windows."""
-    from data_pipelines import sources
     from gato_jax.train.loss import next_token_loss, reduce_metrics
 
-    episodes = TASK_HOOKS.load_episodes("", TASK, "test")
-    got = eval_lib.heldout_action_accuracy(loaded, TASK, episodes, windows=5)
+    episodes = TASK_HOOKS.load_episodes(TASK, "test")
+    got = eval_lib.heldout_action_accuracy(loaded, TASK, episodes, sources.control_windows, windows=5)
     flat = sources.FlatEpisodes.from_episodes(episodes, SPEC)
     source = sources.ControlSource(SPEC, LAYOUT, flat, SEQ_LEN, prompt_prob=0.0, prompt_end_fraction=0.0)
     rng = np.random.default_rng(0)
@@ -492,6 +486,12 @@ def test_heldout_action_accuracy_matches_the_training_metric(loaded):
     assert got["heldout_repeat_accuracy"] == pytest.approx(repeats.mean())
 
 
-def test_measure_acting(loaded):
-    speed = bench.measure_acting(loaded, TASK, num_envs=B, steps=3, hooks=TASK_HOOKS)
-    assert speed.tokens_per_s > 0 and speed.agent_env_steps_per_s > 0 and speed.raw_env_steps_per_s > 0
+def test_measure_acting_counts_the_tokens_it_decodes(loaded, monkeypatch):
+    """Tokens/s is tokens decoded over seconds: with a clock that advances one second per reading, the rate
+    is the count of (observation + action) tokens of every row over the timed steps."""
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(acting_speed, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    speed = acting_speed.measure_acting(loaded, TASK, TASK_HOOKS, num_envs=B, steps=3)
+    per_step = B * (SPEC.tokens_per_timestep)
+    assert speed.tokens_per_s == pytest.approx(3 * per_step) and speed.agent_env_steps_per_s == pytest.approx(3 * B)
+    assert speed.num_envs == B and speed.compile_s == 1.0

@@ -11,6 +11,7 @@ from model_test import LAYOUT, make_batch, tiny_fns
 
 from gato_jax import configs, sharding
 from gato_jax.model import Gato
+from gato_jax.model.build import create_sharded_model
 from gato_jax.tokenizers.vocab import VocabLayout
 
 BATCH, LENGTH = 8, 16  # The batch must divide by data * fsdp on every tested mesh.
@@ -56,7 +57,7 @@ def reference():
 
 def test_parameters_are_created_sharded(reference):
     mesh = sharding.make_mesh(mesh_config(2, 2, 2))
-    model = sharding.create_sharded_model(configs.model_config("tiny"), LAYOUT.padded_size, mesh, seed=0)
+    model = create_sharded_model(configs.model_config("tiny"), LAYOUT.padded_size, mesh, seed=0)
     expected = [
         (model.embed.token.embedding, P("tensor", "fsdp")),
         (model.blocks.mlp.up.kernel, P(None, "fsdp", "tensor")),  # Stacked blocks: [layers, ...].

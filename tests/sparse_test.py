@@ -89,8 +89,8 @@ def test_logits_at_loss_positions_equal_full_logits(fns, caps):
 def test_step_flops_count_what_each_path_runs():
     """MFU's numerator: the plain path pays logits and ResNet everywhere; the sparse one at its chosen cap."""
     from gato_jax import configs
-    from gato_jax.model.flops import flops_per_token
-    from gato_jax.train.flops import step_flops
+    from gato_jax.model.cost import flops_per_token
+    from gato_jax.train.mfu import step_flops
 
     config = configs.cpu_experiment_config()
     config.train.loss_position_caps, config.train.image_position_caps = (0.25,), (0.5, 0.9375)

@@ -5,10 +5,8 @@ timestep in a window says where it came from: windows, prompts and mixing are ch
 """
 from __future__ import annotations
 
-import base64
 import json
 import pickle
-import sys
 import types
 
 import numpy as np
@@ -92,7 +90,7 @@ def make_data(layout, tokenizer, batch=8, process_index=0, process_count=1, seed
     settings = stream.StreamSettings(SEQ_LEN, batch, seed, eval_batches=2, process_index=process_index,
                                      process_count=process_count, num_workers=num_workers)
     return stream.make_train_data(layout, mixed_sources(layout, tokenizer, 0), mixed_sources(layout, tokenizer, 7),
-                                  WEIGHTS, settings, meta={"x": 1})
+                                  WEIGHTS, settings, info={"x": 1})
 
 
 def timesteps(seq: TokenSequence, layout: VocabLayout) -> list[tuple[int, int, int]]:
@@ -333,8 +331,13 @@ def test_normalized_mixture():
         stream.normalized_mixture({})
 
 
-def test_throughput_is_positive(layout, tokenizer):
-    assert stream.iterator_throughput(make_data(layout, tokenizer).train_iter, seconds=0.2) > 0
+def test_throughput_counts_tokens_over_the_timed_span(layout, tokenizer, monkeypatch):
+    """A clock that advances one second per reading: after the warm-up batch, each timed batch (8 rows of
+    SEQ_LEN) is read in one second, and the span ends once `seconds` have passed."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(stream, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    rate = stream.iterator_throughput(make_data(layout, tokenizer).train_iter, seconds=3.0)
+    assert rate == pytest.approx(2 * 8 * SEQ_LEN / 4)  # Batches read after t=1 and t=2; t=3 ends; t=4 divides.
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,13 +377,19 @@ def test_text_ids_cached_once(tmp_path, tokenizer):
 # build_train_data wired to (fake) prepared datasets.
 
 
+def build(config, **kwargs):
+    """`stream.build_train_data` with every source's dataset dir at config.data.dir (as `prepared` lays it)."""
+    dirs = {name: config.data.dir for name in [*config.data.mixture, "text"]}
+    return stream.build_train_data(config, dirs=dirs, **kwargs)
+
+
 @pytest.fixture
 def prepared(tmp_path, tokenizer, monkeypatch):
-    """A data_dir with real text files and fake episode, task and caption loaders."""
-    import data_pipelines
-    from data_pipelines import text
+    """A data dir with real text files, and fake episode, task and caption loaders in place of the modules
+    the stream reads (attributes of `stream`: nothing else is patched)."""
+    from data_pipelines import corpus
 
-    paths = text.text_paths(tmp_path, tokenizer.vocab_size)
+    paths = corpus.text_paths(tmp_path, tokenizer.vocab_size)
     paths["dir"].mkdir(parents=True)
     paths["model"].write_bytes(tokenizer.model_proto_bytes())
     for split, seed in (("train", 1), ("test", 2)):
@@ -401,8 +410,7 @@ def prepared(tmp_path, tokenizer, monkeypatch):
                                           captions_path=lambda data_dir: tmp_path / "captions"),
     }
     for name, module in fakes.items():
-        monkeypatch.setattr(data_pipelines, name, module, raising=False)
-        monkeypatch.setitem(sys.modules, f"data_pipelines.{name}", module)
+        monkeypatch.setattr(stream, name, module)
     config = configs.base_config()
     config.data.dir = str(tmp_path)
     config.seq_len, config.batch_size, config.eval_batches = SEQ_LEN, 4, 1
@@ -413,37 +421,36 @@ def prepared(tmp_path, tokenizer, monkeypatch):
 
 def test_build_train_data(prepared, tokenizer, tmp_path):
     config, _ = prepared
-    data = stream.build_train_data(config, process_index=1, process_count=2)
+    data = build(config, process_index=1, process_count=2)
     batch = next(data.train_iter)
     assert_dtypes(batch, (2, SEQ_LEN))
     assert data.layout == VocabLayout(tokenizer.vocab_size, 1024, 1024)
     assert len(data.eval_batches()) == 1 and data.eval_batches()[0].tokens.shape == (2, SEQ_LEN)
-    meta = json.loads(json.dumps(data.meta))
-    assert TaskSpec.from_json(meta["task_specs"]["fake_task"]) == make_spec()
-    assert base64.b64decode(meta["text_tokenizer"]) == tokenizer.model_proto_bytes()
-    assert meta["mixture"] == {"captions": 0.25, "fake_task": 0.5, "text": 0.25}
-    assert meta["data_dir"] == str(tmp_path)
+    assert data.task_specs == {"fake_task": make_spec()}
+    assert data.tokenizer.model_proto_bytes() == tokenizer.model_proto_bytes()
+    info = json.loads(json.dumps(data.info))
+    assert info["mixture"] == {"captions": 0.25, "fake_task": 0.5, "text": 0.25}
+    assert info["dataset_dirs"]["fake_task"] == str(tmp_path)
     assert (tmp_path / "fake_task" / "flat_train" / "manifest.json").exists()
     assert (tmp_path / "fake_task" / "flat_test" / "manifest.json").exists()
-    assert stream.measure_stream_throughput(config, seconds=0.2) > 0
 
 
 def test_vocab_size_mismatch_names_the_fix(prepared, tokenizer):
     config, _ = prepared
     config.vocab.text_size += 1
     with pytest.raises(ValueError, match=rf"set config.vocab.text_size = {tokenizer.vocab_size}"):
-        stream.build_train_data(config)
+        build(config)
 
 
 def test_missing_data_names_make_data(prepared, tmp_path):
     config, _ = prepared
     config.data.mixture = {"other_task": 1.0}
     with pytest.raises(FileNotFoundError, match=r"make data EXP="):
-        stream.build_train_data(config)
+        build(config)
     config.data.mixture = {"text": 1.0}
     config.data.text_vocab_size = 77
     with pytest.raises(FileNotFoundError, match=r"spm_77.model.*make data EXP="):
-        stream.build_train_data(config)
+        build(config)
 
 
 def test_task_spec_mismatch_is_caught_before_training(prepared):
@@ -452,19 +459,21 @@ def test_task_spec_mismatch_is_caught_before_training(prepared):
     stored["spec"] = TaskSpec(spec.name, (FieldSpec("frame", "image", (48, 48, 1)),), spec.action).to_json()
     with pytest.raises(ValueError, match=r"'fake_task'.*'frame' is image \(48, 48, 1\) in the dataset, image "
                                          r"\(32, 32, 1\) expected.*'id' is absent.*make data EXP="):
-        stream.build_train_data(config)
+        build(config)
 
 
 def test_patch_size_is_not_part_of_the_stored_spec(prepared):
     config, stored = prepared
     spec = make_spec()
     stored["spec"] = TaskSpec(spec.name, spec.observation, spec.action, patch_size=8).to_json()
-    stream.build_train_data(config)
+    data = build(config)  # A dataset stored under another patch size still serves this one (16).
+    assert data.task_specs["fake_task"].patch_size == config.model.patch_size == 16
+    assert next(data.train_iter).patches.shape[-1] == seq_lib.patch_dim_for(16)
 
 
 def test_task_without_test_episodes_holds_out_training_ones(prepared):
     config, stored = prepared
     stored["splits"] = {"train": 5, "test": 0}
     with pytest.warns(UserWarning, match="no test episodes"):
-        data = stream.build_train_data(config)
+        data = build(config)
     assert len(data.eval_batches()) == 1

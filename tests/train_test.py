@@ -1,10 +1,12 @@
 """Training: schedule, loss, learning, exact resume, sharded equivalence, restore on another mesh, NaN stop."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,15 +15,17 @@ from flax import nnx
 
 from gato_jax import configs
 from gato_jax import sharding as sharding_lib
+from gato_jax.load import load_checkpoint
 from gato_jax.model import Gato
+from gato_jax.model.build import create_sharded_model
 from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop, optim
 from gato_jax.train import state as state_lib
 from gato_jax.train.checkpoint import Checkpointer
-from gato_jax.train.data import SyntheticIterator, synthetic_data
 from gato_jax.train.loss import next_token_loss
 from gato_jax.train.metrics_writer import read_metrics
+from gato_jax.train.synthetic import SyntheticIterator, synthetic_data
 
 LAYOUT = VocabLayout(text_size=64, num_continuous_bins=32, num_discrete=32)
 
@@ -33,6 +37,8 @@ def tiny_config(**overrides):
     c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 5, 20, 1, 20
     c.optimizer.peak_lr, c.optimizer.warmup_steps = 1e-2, 5
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+    c.vocab.text_size, c.vocab.num_continuous_bins, c.vocab.num_discrete = 64, 32, 32  # = LAYOUT.
+    c.data.text_vocab_size = 64
     # One cap each (a third of positions are targets): the sparse step, with one branch fewer to compile.
     c.train.loss_position_caps, c.train.image_position_caps = (0.5,), (0.5,)
     for key, value in overrides.items():
@@ -108,17 +114,43 @@ def test_checkpoint_restores_onto_another_mesh(straight_run):
     mesh = sharding_lib.make_mesh(tiny_config(mesh=dict(data=2, fsdp=2, tensor=2)).mesh)
     fns, state = state_lib.build(config, LAYOUT.padded_size, mesh)
     checkpointer = Checkpointer(workdir)
-    restored, data_state, meta = checkpointer.restore(state_lib.abstract_state(fns, state))
-    assert int(restored.step) == 40 and data_state == {"index": 40}
+    restored, data_state, meta, step = checkpointer.restore(state_lib.abstract_train_state(config, LAYOUT.padded_size,
+                                                                                          mesh).state)
+    assert int(restored.step) == step == 40 and data_state == {"index": 40}
     adam = restored.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState.
     for param, moment in zip(jax.tree.leaves(restored.params), jax.tree.leaves(adam.mu)):
         assert moment.sharding.is_equivalent_to(param.sharding, param.ndim)  # Moments follow parameters.
     assert any(not p.sharding.is_fully_replicated for p in jax.tree.leaves(restored.params))
-    assert VocabLayout.from_json(meta["layout"]) == LAYOUT
-    one_fns, one_state = state_lib.build(config, LAYOUT.padded_size, one_device_mesh())
-    on_one, _, _ = checkpointer.restore(state_lib.abstract_state(one_fns, one_state))
+    # Compared as JSON, as `loop.check_compatible` does: the saved config's tuples come back as lists.
+    assert meta.layout == LAYOUT and json.loads(meta.config.model.to_json()) == json.loads(config.model.to_json())
+    one = state_lib.abstract_train_state(config, LAYOUT.padded_size, one_device_mesh()).state
+    on_one = checkpointer.restore(one)[0]
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(on_one.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def damage(step_dir) -> None:
+    """Truncates every array file of a saved step, as a disk fault or an interrupted copy would."""
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"")
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(straight_run, tmp_path, caplog):
+    """Loading (read-only) uses step 20 and leaves step 40 where it is; training resumes from 20, moves the
+    broken 40 aside (kept, not deleted) and runs exactly as the straight run did; one warning line each."""
+    config, workdir, straight = straight_run
+    shutil.copytree(os.path.join(workdir, "checkpoints"), tmp_path / "checkpoints")
+    damage(tmp_path / "checkpoints" / "40")
+    loaded = load_checkpoint(str(tmp_path))
+    assert loaded.step == 20 and (tmp_path / "checkpoints" / "40").is_dir()
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "step 40" in warnings[0] and "falling back to step 20" in warnings[0]
+    resumed = loop.train_and_evaluate(config, str(tmp_path), synthetic_data(config, LAYOUT))
+    assert resumed[0]["step"] == 25 and (tmp_path / "checkpoints_unreadable" / "40" / "state").is_dir()
+    by_step = {r["step"]: r["loss"] for r in straight}
+    np.testing.assert_allclose([r["loss"] for r in resumed], [by_step[r["step"]] for r in resumed], rtol=1e-6)
+    assert Checkpointer(str(tmp_path)).latest_step() == 40
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(straight_run, tmp_path):
@@ -169,7 +201,7 @@ def _loss_and_grads(config, mesh, batch: TokenSequence, options: state_lib.StepO
     """Loss and gradients of freshly created (sharded) parameters; no optimizer involved. The step's
     options come from the config unless given."""
     options = state_lib.StepOptions.from_config(config) if options is None else options
-    model = sharding_lib.create_sharded_model(config.model, LAYOUT.padded_size, mesh, config.seed)
+    model = create_sharded_model(config.model, LAYOUT.padded_size, mesh, config.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     global_batch = loop.to_global(batch, sharding_lib.batch_sharding(mesh))
     rng = jax.random.key_data(jax.random.key(0))
@@ -180,3 +212,14 @@ def _loss_and_grads(config, mesh, batch: TokenSequence, options: state_lib.StepO
     with jax.set_mesh(mesh):
         loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
     return float(loss), jax.device_get(grads)
+
+
+def test_train_and_eval_steps_compile_once(tmp_path, monkeypatch):
+    """Seven steps with held-out evaluations (steps 2, 4, 6, 7) and checkpoints (3, 6, 7) between them, then
+    a resumed run in the same process: one trace of the train step and one of the eval step, no more
+    (donation, saving and restoring must not change what the steps are called with)."""
+    monkeypatch.setattr(state_lib, "_loss_fn", chex.assert_max_traces(state_lib._loss_fn, n=2))
+    config = tiny_config(num_train_steps=7, eval_every=2, checkpoint_every=3, log_every=1, seed=17)
+    loop.train_and_evaluate(config, str(tmp_path), synthetic_data(config, LAYOUT), stop_after=4)
+    rows = loop.train_and_evaluate(config, str(tmp_path), synthetic_data(config, LAYOUT))
+    assert [r["step"] for r in rows] == [5, 6, 7] and "eval_loss" in rows[-1]

@@ -7,17 +7,16 @@ import json
 import os
 import sys
 
-devices = 8 if len(sys.argv) <= 3 else 8 // int(sys.argv[5])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
 
-import jax  # noqa: E402
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_num_cpu_devices", 8 if len(sys.argv) <= 3 else 8 // int(sys.argv[5]))
 
 sys.path.insert(0, os.path.dirname(__file__))
 from train_test import LAYOUT, tiny_config  # noqa: E402
 
 from gato_jax.train import loop  # noqa: E402
-from gato_jax.train.data import synthetic_data  # noqa: E402
+from gato_jax.train.synthetic import synthetic_data  # noqa: E402
 
 
 def main() -> None:

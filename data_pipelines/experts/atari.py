@@ -19,7 +19,7 @@ import gymnasium
 import numpy as np
 
 from data_pipelines import tasks
-from data_pipelines.experts import Action
+from data_pipelines.experts.policy import Action
 
 
 def _ram(env: gymnasium.Env) -> np.ndarray:

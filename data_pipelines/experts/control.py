@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import gymnasium
 import numpy as np
 
-from data_pipelines.experts import Action
+from data_pipelines.experts.policy import Action
 
 # u = -K @ [cart x, pole angle, cart velocity, pole angular velocity], hand-tuned (LQR-like) gains.
 PENDULUM_GAINS = np.array([-1.0, -30.0, -1.5, -3.0], np.float64)

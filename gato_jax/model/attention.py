@@ -2,8 +2,11 @@
 
 Array key: B = batch, T = query tokens, S = key tokens, D = d_model, H = heads, K = head_dim.
 
-The mask is data (built from segment ids here, from the cache in `cache.chunk_mask`), never hard-coded in
-the attention layer, so other masks (e.g. bidirectional within one observation) only need a new builder.
+The mask is data (built from segment and span ids here, from the cache in `cache.chunk_mask`), never
+hard-coded in the attention layer. Causal (Gato) and semi-causal (MetaLM) masks come from one per-token
+span id, as PaliGemma's `make_attn_mask` builds causal, prefix and block-causal masks from one per-token
+flag: a span is a run of positions that see each other both ways (one image, or one observation), and
+everything else stays causal, so every later token sees every earlier image.
 So are the query-key distances the ALiBi bias reads (`causal_distance` here, `cache.alibi_distance` for
 the cache): the layer only knows its per-head slopes.
 """
@@ -16,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gato_jax.model.layers import ModelDims, fan_in_init, partitioned
+from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality
 
 
 def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
@@ -29,6 +33,40 @@ def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
     same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
     real_key_BxTxT = (segment_ids_BxT != 0)[:, None, :]
     return (causal_TxT[None] & same_BxTxT & real_key_BxTxT) | jnp.eye(t, dtype=bool)[None]
+
+
+def span_ids(modality_BxT: jax.Array, local_pos_BxT: jax.Array, segment_ids_BxT: jax.Array,
+             spans: str = "images") -> jax.Array:
+    """int32 [B, T]: the span (> 0) each position belongs to, 0 outside every span.
+
+    A span is a maximal run of consecutive in-span positions of one segment. In-span positions are image
+    patches for `spans="images"`; for "observations" also every other observation token (local position
+    >= 0 and not the action position), so one timestep's observation is one span. Ids are unique within
+    a row, so a chunk's ids can be computed from the chunk alone when no span crosses a chunk boundary.
+    """
+    in_span_BxT = (modality_BxT == Modality.IMAGE) & (segment_ids_BxT != 0)
+    if spans == "observations":
+        is_obs_BxT = (local_pos_BxT >= 0) & (local_pos_BxT != ACTION_LOCAL_POS) & (modality_BxT != Modality.PAD)
+        in_span_BxT = in_span_BxT | (is_obs_BxT & (segment_ids_BxT != 0))
+    elif spans != "images":
+        raise ValueError(f"Unknown span kind {spans!r}; use 'images' or 'observations'.")
+    prev_in_BxT = jnp.pad(in_span_BxT[:, :-1], ((0, 0), (1, 0)))
+    prev_segment_BxT = jnp.pad(segment_ids_BxT[:, :-1], ((0, 0), (1, 0)))
+    start_BxT = in_span_BxT & ~(prev_in_BxT & (prev_segment_BxT == segment_ids_BxT))
+    return jnp.where(in_span_BxT, jnp.cumsum(start_BxT, axis=-1), 0).astype(jnp.int32)
+
+
+def same_span(span_ids_BxT: jax.Array, span_ids_BxS: jax.Array | None = None) -> jax.Array:
+    """bool [B, T, S]: query and key lie in the same (non-zero) span."""
+    span_ids_BxS = span_ids_BxT if span_ids_BxS is None else span_ids_BxS
+    return (span_ids_BxT[:, :, None] == span_ids_BxS[:, None, :]) & (span_ids_BxT[:, :, None] != 0)
+
+
+def attention_mask(segment_ids_BxT: jax.Array, span_ids_BxT: jax.Array | None = None) -> jax.Array:
+    """bool [B, T, T]: `segment_mask`, plus both directions inside each span when `span_ids_BxT` is given
+    (semi-causal). A span never crosses segments, so nothing leaks between packed examples."""
+    mask_BxTxT = segment_mask(segment_ids_BxT)
+    return mask_BxTxT if span_ids_BxT is None else mask_BxTxT | same_span(span_ids_BxT)
 
 
 def alibi_slopes(num_heads: int) -> tuple[float, ...]:
@@ -57,14 +95,16 @@ def causal_distance(t: int) -> jax.Array:
 def dot_product_attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
                           mask_BxTxS: jax.Array, distance_BxTxS: jax.Array | None = None,
                           slopes_H: tuple[float, ...] | None = None) -> jax.Array:
-    """Softmax attention; scores, the ALiBi bias -slope_h * distance and softmax in float32 whatever the
-    compute dtype. No bias when `distance_BxTxS` is None (its batch axis may be 1)."""
+    """Softmax attention; scores, the ALiBi bias -slope_h * |distance| and softmax in float32 whatever the
+    compute dtype. No bias when `distance_BxTxS` is None (its batch axis may be 1). The absolute value
+    only matters inside a semi-causal span, where a key may follow its query: it is penalised by how far
+    away it is, as a preceding key is (bidirectional ALiBi)."""
     scale = q_BxTxHxK.shape[-1] ** -0.5
     scores_BxHxTxS = jnp.einsum(
         "bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32) * scale
     if distance_BxTxS is not None:
         slopes_1xHx1x1 = jnp.asarray(slopes_H, jnp.float32)[None, :, None, None]
-        scores_BxHxTxS = scores_BxHxTxS - slopes_1xHx1x1 * distance_BxTxS[:, None].astype(jnp.float32)
+        scores_BxHxTxS = scores_BxHxTxS - slopes_1xHx1x1 * jnp.abs(distance_BxTxS[:, None]).astype(jnp.float32)
     scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
     probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(v_BxSxHxK.dtype)
     return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
@@ -85,13 +125,17 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array,
                  past: tuple[jax.Array, jax.Array] | None = None,
-                 distance_BxTxS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 distance_BxTxS: jax.Array | None = None,
+                 context_BxSxD: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Attends over `past` keys/values ([B, S-T, H, K] each, from a cache) followed by this chunk's.
 
         `distance_BxTxS` (int, query position - key position) turns on the ALiBi bias; None leaves it off.
+        `context_BxSxD` makes it cross-attention: keys and values from the context instead of `x_BxTxD`
+        (the perceiver resampler's latents reading patch embeddings).
         Returns the output [B, T, D] and this chunk's keys and values (for the cache).
         """
-        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self.query(x_BxTxD), self.key(x_BxTxD), self.value(x_BxTxD)
+        kv_BxSxD = x_BxTxD if context_BxSxD is None else context_BxSxD
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self.query(x_BxTxD), self.key(kv_BxSxD), self.value(kv_BxSxD)
         k_BxSxHxK, v_BxSxHxK = k_BxTxHxK, v_BxTxHxK
         if past is not None:
             k_BxSxHxK = jnp.concatenate([past[0], k_BxTxHxK], axis=1)

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gato_jax.model.attention import same_span
+
 
 class KVCache(NamedTuple):
     keys: jax.Array  # [L, B, S, H, K], compute dtype.
@@ -89,12 +91,14 @@ def ring_size(cache: KVCache) -> jax.Array:
     return cache.size - cache.pinned
 
 
-def chunk_mask(cache: KVCache, segment_ids_Bxt: jax.Array) -> jax.Array:
+def chunk_mask(cache: KVCache, segment_ids_Bxt: jax.Array, span_ids_Bxt: jax.Array | None = None) -> jax.Array:
     """bool [B, t, S + t]: which cache slots and chunk tokens each new token attends to.
 
     A cache slot is visible while it is valid for the row and not yet overwritten by an earlier token of
-    this chunk; chunk tokens attend causally to non-padding tokens still inside the ring window. Padding
-    queries attend only to themselves (no NaN rows), exactly as in the full forward pass.
+    this chunk; chunk tokens attend causally to non-padding tokens still inside the ring window, and
+    (semi-causal models, `span_ids_Bxt` given) to every token of their own span in the chunk. A span must
+    therefore lie within one chunk to equal the full pass. Padding queries attend only to themselves (no
+    NaN rows), exactly as in the full forward pass.
     """
     t = segment_ids_Bxt.shape[1]
     ring = ring_size(cache)
@@ -107,6 +111,8 @@ def chunk_mask(cache: KVCache, segment_ids_Bxt: jax.Array) -> jax.Array:
     causal_txt = (i_t[None, :] <= i_t[:, None]) & (i_t[:, None] - i_t[None, :] < ring)
     chunk_Bxtxt = causal_txt[None] & real_Bxt[:, None, :] & real_Bxt[:, :, None]
     chunk_Bxtxt = chunk_Bxtxt | jnp.eye(t, dtype=bool)[None]
+    if span_ids_Bxt is not None:
+        chunk_Bxtxt = chunk_Bxtxt | same_span(span_ids_Bxt)
     return jnp.concatenate([cached_BxtxS, chunk_Bxtxt], axis=-1)
 
 

@@ -29,6 +29,7 @@ from flax import nnx
 from gato_jax import sharding
 from gato_jax.model import sparse
 from gato_jax.model.layers import ModelDims, fan_in_init, partitioned
+from gato_jax.model.resampler import PerceiverResampler
 from gato_jax.tokenizers.sequence import (
     IMAGE_CHANNELS,
     MAX_LOCAL_POSITIONS,
@@ -153,19 +154,26 @@ class Embedder(nnx.Module):
         self.local_pos = _table(dims, MAX_LOCAL_POSITIONS + 1, rngs=rngs)
         self.patch_row = _table(dims, PATCH_POS_BUCKETS, rngs=rngs)
         self.patch_col = _table(dims, PATCH_POS_BUCKETS, rngs=rngs)
+        # `model.image_encoder="resampler"`: K tokens per image (resampler.py); None keeps one per patch.
+        self.resampler = PerceiverResampler(dims, rngs=rngs) if dims.image_encoder == "resampler" else None
 
     def __call__(self, seq: TokenSequence, *, key: jax.Array | None = None,
-                 image_caps: tuple[int, ...] | None = None) -> jax.Array:
+                 image_caps: tuple[int, ...] | None = None, image_spans: jax.Array | None = None) -> jax.Array:
         """`key` samples patch positions (training); None uses interval means (evaluation).
 
         `image_caps` None runs the patch ResNet (convolutions) at every position. A tuple (static ints,
         ascending) runs it as matrix products, only on the image positions, gathered up to the smallest
         cap that holds them (at every position when none does): the same embeddings, faster.
+        `image_spans` (int [B, T], `attention.span_ids(..., "images")`) is required by the resampler.
         """
         token_BxTxD = lookup(self.token, seq.tokens, "vocab") * jnp.asarray(self.scale, self.token.dtype)
         is_image_BxT = seq.modality == Modality.IMAGE
         image_BxTxD = self._patch_embeddings(seq.patches, is_image_BxT, image_caps)
         image_BxTxD = image_BxTxD + self._patch_positions(seq.patch_pos, key)
+        if self.resampler is not None:
+            if image_spans is None:
+                raise ValueError("The perceiver resampler needs each image's span ids (image_spans).")
+            image_BxTxD = self.resampler(image_BxTxD, image_spans)
         x_BxTxD = jnp.where(is_image_BxT[..., None], image_BxTxD, token_BxTxD)
         local_BxT = seq.local_pos
         local_BxTxD = lookup(self.local_pos, jnp.clip(local_BxT, 0, MAX_LOCAL_POSITIONS))

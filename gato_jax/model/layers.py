@@ -20,6 +20,9 @@ from flax import nnx
 # becomes a 4x4 grid, so the block costs ~1.4 MFLOP per token instead of ~25 at full resolution.
 DEFAULT_PATCH_STEM_STRIDE = 4
 POSITION_BIASES = ("alibi", "none")  # Values of `model.position_bias` (see configs.py).
+ATTENTION_KINDS = ("causal", "semi_causal")  # Values of `model.attention`.
+SPAN_KINDS = ("images", "observations")  # Values of `model.semi_causal_spans`.
+IMAGE_ENCODERS = ("patches", "resampler")  # Values of `model.image_encoder`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,11 @@ class ModelDims:
     remat: bool
     dropout_rate: float
     position_bias: str
+    attention: str = "causal"
+    semi_causal_spans: str = "images"
+    image_encoder: str = "patches"
+    resampler_tokens: int = 4
+    resampler_layers: int = 1
 
     @classmethod
     def from_config(cls, model_config: ml_collections.ConfigDict) -> ModelDims:
@@ -57,6 +65,12 @@ class ModelDims:
             dropout_rate=float(model_config.dropout_rate),
             # A config saved before the field existed was trained without one.
             position_bias=str(model_config.get("position_bias", "none")),
+            # Configs saved before these fields existed were causal, one token per patch.
+            attention=str(model_config.get("attention", "causal")),
+            semi_causal_spans=str(model_config.get("semi_causal_spans", "images")),
+            image_encoder=str(model_config.get("image_encoder", "patches")),
+            resampler_tokens=int(model_config.get("resampler_tokens", 4)),
+            resampler_layers=int(model_config.get("resampler_layers", 1)),
         )
         dims.validate()
         return dims
@@ -69,6 +83,13 @@ class ModelDims:
                 f"model.patch_size={self.patch_size} must be a multiple of patch_stem_stride={self.patch_stem_stride}.")
         if self.position_bias not in POSITION_BIASES:
             raise ValueError(f"model.position_bias must be one of {POSITION_BIASES}, got {self.position_bias!r}.")
+        for name, allowed in (("attention", ATTENTION_KINDS), ("semi_causal_spans", SPAN_KINDS),
+                              ("image_encoder", IMAGE_ENCODERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.resampler_tokens < 1 or self.resampler_layers < 1:
+            raise ValueError(f"model.resampler_tokens ({self.resampler_tokens}) and model.resampler_layers "
+                             f"({self.resampler_layers}) must be at least 1.")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16"):
                 raise ValueError(f"model.{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}.")

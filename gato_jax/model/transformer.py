@@ -18,7 +18,8 @@ from flax import nnx
 
 from gato_jax import sharding
 from gato_jax.model import cache as cache_lib
-from gato_jax.model.attention import Attention, causal_distance, segment_mask
+from gato_jax.model import resampler as resampler_lib
+from gato_jax.model.attention import Attention, attention_mask, causal_distance, span_ids
 from gato_jax.model.embed import Embedder
 from gato_jax.model.layers import Mlp, ModelDims, layer_norm
 from gato_jax.tokenizers.sequence import TokenSequence
@@ -87,23 +88,6 @@ def stacked_blocks(dims: ModelDims, rngs: nnx.Rngs) -> Block:
     return nnx.merge(graphdef, state)
 
 
-def abstract_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: int = 0):
-    """(graphdef, abstract state) of a Gato: shapes, dtypes and logical names, nothing allocated.
-
-    Uses jax.eval_shape rather than nnx.eval_shape, which turns logical names into shardings whenever a
-    mesh is set (`jax.set_mesh`) and fails on names that are not mesh axes.
-    """
-    graphdefs = []
-
-    def init() -> nnx.State:
-        graphdef, state = nnx.split(Gato(model_config, vocab_size, rngs=nnx.Rngs(seed)))
-        graphdefs.append(graphdef)
-        return state
-
-    state = jax.eval_shape(init)
-    return graphdefs[0], state
-
-
 class Gato(nnx.Module):
     """Decoder-only transformer over TokenSequences (docs/TOKEN_FORMAT.md, "Model sizes").
 
@@ -149,8 +133,11 @@ class Gato(nnx.Module):
         if not deterministic:
             embed_key, layers_key = jax.random.split(_as_key(rngs))
             keys_L = jax.random.split(layers_key, self.dims.num_layers)
-        x_BxTxD = sharding.constrain(self.embed(seq, key=embed_key, image_caps=image_caps), ACTIVATION_AXES)
-        mask_BxTxT = segment_mask(seq.segment_ids) if mask is None else jnp.asarray(mask)
+        image_spans_BxT = span_ids(seq.modality, seq.local_pos, seq.segment_ids, "images")
+        x_BxTxD = self.embed(seq, key=embed_key, image_caps=image_caps, image_spans=image_spans_BxT)
+        x_BxTxD = sharding.constrain(x_BxTxD, ACTIVATION_AXES)
+        seq = self._without_holes(seq, image_spans_BxT)
+        mask_BxTxT = attention_mask(seq.segment_ids, self._spans(seq)) if mask is None else jnp.asarray(mask)
         distance_BxTxT = None
         if self.dims.position_bias == "alibi":
             distance_BxTxT = causal_distance(x_BxTxD.shape[1]) if distance is None else jnp.asarray(distance)
@@ -166,6 +153,19 @@ class Gato(nnx.Module):
         x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, (state_L, keys_L), unroll=unroll or self.dims.num_layers)
         return x_BxTxD
 
+    def _without_holes(self, seq: TokenSequence, image_spans_BxT: jax.Array) -> TokenSequence:
+        """With the resampler, the image positions that carry no output become padding (segment 0)."""
+        if self.dims.image_encoder != "resampler":
+            return seq
+        holes_BxT = resampler_lib.holes(image_spans_BxT, self.dims.resampler_tokens)
+        return seq._replace(segment_ids=jnp.where(holes_BxT, 0, seq.segment_ids))
+
+    def _spans(self, seq: TokenSequence) -> jax.Array | None:
+        """Span ids of the semi-causal mask (`attention.attention_mask`); None for a causal model."""
+        if self.dims.attention == "causal":
+            return None
+        return span_ids(seq.modality, seq.local_pos, seq.segment_ids, self.dims.semi_causal_spans)
+
     def logits(self, x_BxTxD: jax.Array) -> jax.Array:
         """Final norm and tied projection of a residual stream [B, T, D]: float32 logits [B, T, V]."""
         logits_BxTxV = self.embed.attend(self.final_norm(x_BxTxD))
@@ -179,8 +179,9 @@ class Gato(nnx.Module):
     def decode(self, seq_chunk: TokenSequence, cache: cache_lib.KVCache) -> tuple[jax.Array, cache_lib.KVCache]:
         """Appends `seq_chunk` [B, t] after the cache's tokens: logits float32 [B, t, V] and the new cache.
 
-        New tokens attend to every live cache slot and causally within the chunk; segment ids only mark
-        padding (the cache holds one segment). ALiBi distances count write numbers, with the pinned prompt
+        New tokens attend to every live cache slot and causally within the chunk (both ways inside a span
+        of a semi-causal model: write each span, e.g. one observation, within one chunk); segment ids only
+        mark padding (the cache holds one segment). ALiBi distances count write numbers, with the pinned prompt
         re-based before the oldest live token (`cache` module docstring). Shapes are fixed by (B, t, S),
         so jit compiles once per t.
         """
@@ -192,8 +193,10 @@ class Gato(nnx.Module):
         """`decode` without the logits: the stream [B, t, D] and the new cache. Acting samples only from a
         chunk's last position, so it projects just that one onto the vocabulary (`logits`)."""
         seq_chunk = TokenSequence(*(jnp.asarray(field) for field in seq_chunk))
-        x_BxtxD = self.embed(seq_chunk)
-        mask_Bxtx_S_t = cache_lib.chunk_mask(cache, seq_chunk.segment_ids)
+        image_spans_Bxt = span_ids(seq_chunk.modality, seq_chunk.local_pos, seq_chunk.segment_ids, "images")
+        x_BxtxD = self.embed(seq_chunk, image_spans=image_spans_Bxt)
+        seq_chunk = self._without_holes(seq_chunk, image_spans_Bxt)
+        mask_Bxtx_S_t = cache_lib.chunk_mask(cache, seq_chunk.segment_ids, self._spans(seq_chunk))
         distance_Bxtx_S_t = None
         if self.dims.position_bias == "alibi":
             distance_Bxtx_S_t = cache_lib.chunk_distance(cache, mask_Bxtx_S_t)

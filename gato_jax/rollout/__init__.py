@@ -3,6 +3,9 @@
 - `agent`: `Agent` (jitted act step, constrained action sampling, pinned demonstration prompt).
 - `envs`: `EnvBatch` (host-side environments in lockstep), `run_episodes`.
 - `sampling`: `Sampler` (text and captions; text ids and `<eos>` only).
-- `evaluate`: `evaluate(config, workdir)` behind `make eval`; `report`: scores and report files.
-- `bench`: `measure_acting` (tokens/s, env steps/s with the agent, raw env steps/s).
+- `chunks`: the one-token chunks both feed back into the cache.
+- `checkpoint_eval`: `evaluate_checkpoint` (the work of `make eval`); `report`: scores and report files.
+- `acting_speed`: `measure_acting` (tokens/s, env steps/s with the agent, raw env steps/s).
+
+Nothing here imports data_pipelines: environments, episodes and held-out windows come in as hooks.
 """

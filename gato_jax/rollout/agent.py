@@ -19,7 +19,6 @@ cache, so episodes of any length run, and a finished episode's row is reset to t
 """
 from __future__ import annotations
 
-import collections
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -28,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from gato_jax.model import Gato, KVCache, pin_prefix, reset_to_pinned
+from gato_jax.rollout.chunks import action_chunk, as_jax, place_like
 from gato_jax.tokenizers import episode as episode_lib
 from gato_jax.tokenizers import sequence as seq_lib
-from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence
+from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.spec import FieldKind, TaskSpec
 from gato_jax.tokenizers.vocab import VocabLayout
 
@@ -66,20 +65,6 @@ def action_tokens(spec: TaskSpec, layout: VocabLayout) -> ActionTokens:
     kinds = [f.kind for f in spec.ordered_action() for _ in range(f.size)]
     modality = [Modality.DISCRETE if k == FieldKind.DISCRETE else Modality.CONTINUOUS for k in kinds]
     return ActionTokens(ranges[:, 0].copy(), ranges[:, 1].copy(), np.asarray(modality, np.int32))
-
-
-def action_chunk(tokens_B: jax.Array, modality: jax.Array, patch_dim: int) -> TokenSequence:
-    """A [B, 1] chunk holding one action token per row, laid out as `tokenize_episode` lays actions."""
-    b = tokens_B.shape[0]
-    return TokenSequence(
-        tokens=tokens_B[:, None].astype(jnp.int32),
-        modality=jnp.full((b, 1), modality, jnp.int32),
-        local_pos=jnp.full((b, 1), ACTION_LOCAL_POS, jnp.int32),
-        patches=jnp.zeros((b, 1, patch_dim), jnp.uint8),
-        patch_pos=jnp.zeros((b, 1, 4), jnp.int32),
-        loss_mask=jnp.zeros((b, 1), bool),
-        segment_ids=jnp.ones((b, 1), jnp.int32),
-    )
 
 
 def sample_in_range(key: jax.Array, logits_BxV: jax.Array, lo: jax.Array, hi: jax.Array,
@@ -133,19 +118,14 @@ def _act_fn(graphdef: Any, params: Any, state: ActState, obs: TokenSequence, res
     return ActState(cache, last_B), ActOutput(tokens_AxB.T, jnp.swapaxes(logits_AxBxV, 0, 1))
 
 
-TRACES: collections.Counter = collections.Counter()  # Traces (= compilations) per jitted function, per process.
-
-
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _act_jit(graphdef, params, state, obs, reset_B, key, actions, temperature):
     """Shared by every Agent over the same architecture: one compile per (B, t, A, S), not per agent."""
-    TRACES["act"] += 1  # Runs only while tracing.
     return _act_fn(graphdef, params, state, obs, reset_B, key, actions, temperature)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _decode_jit(graphdef, params, cache: KVCache, seq: TokenSequence) -> KVCache:
-    TRACES["prompt"] += 1
     return nnx.merge(graphdef, params).decode(seq, cache)[1]
 
 
@@ -154,8 +134,8 @@ class Agent:
 
     Functional where it matters: `initial_state` and `act` take and return the `ActState` (cache and
     pending action token) and take an explicit RNG key; the agent object only holds constants (weights,
-    spec, sampling temperature).
-    `TRACES["act"]` counts compilations of the act step (tests assert it does not grow while acting).
+    spec, sampling temperature). The act step compiles once per (B, t, A, S) (tests hold it to that with
+    `chex.assert_max_traces` on `_act_fn`).
     """
 
     def __init__(self, model: Gato, spec: TaskSpec, layout: VocabLayout, *, batch_size: int, cache_size: int,
@@ -189,7 +169,7 @@ class Agent:
         if prompt.length > self.max_prompt_tokens:
             raise ValueError(f"A prompt of {prompt.length} tokens exceeds half the {self.cache_size}-slot cache "
                              f"({self.max_prompt_tokens} tokens in whole timesteps); cut it.")
-        return pin_prefix(_decode_jit(self.graphdef, self.params, cache, _as_jax(prompt)))
+        return pin_prefix(_decode_jit(self.graphdef, self.params, cache, as_jax(prompt)))
 
     def observe(self, observations: Sequence[Mapping]) -> TokenSequence:
         """Host side: B observations -> the [B, t] chunk (observation tokens and the separator)."""
@@ -203,22 +183,13 @@ class Agent:
         Returns at once (JAX dispatches asynchronously): host work placed before reading the output
         overlaps the model's step.
         """
-        return _act_jit(self.graphdef, self.params, state, _as_jax(obs), jnp.asarray(reset_B, bool), key,
+        return _act_jit(self.graphdef, self.params, state, as_jax(obs), jnp.asarray(reset_B, bool), key,
                         self.actions, self.temperature)
 
     def decode_actions(self, action_ids_BxA) -> list[dict[str, np.ndarray]]:
         """Sampled ids -> one {field: value} action dict per row."""
         ids = np.asarray(action_ids_BxA)
         return [episode_lib.decode_action(self.spec, self.layout, row) for row in ids]
-
-
-def place_like(tree: Any, params: Any) -> Any:
-    """`tree` replicated over the mesh of `params`: a fresh cache then has the same sharding as one that
-    came out of a jitted step, so the act step does not compile a second time for it."""
-    sharding = jax.tree.leaves(params)[0].sharding
-    if isinstance(sharding, NamedSharding):
-        sharding = NamedSharding(sharding.mesh, PartitionSpec())
-    return jax.device_put(tree, sharding)
 
 
 def broadcast_rows(seq: TokenSequence, batch_size: int) -> TokenSequence:
@@ -228,10 +199,6 @@ def broadcast_rows(seq: TokenSequence, batch_size: int) -> TokenSequence:
     if seq.tokens.shape[0] != batch_size:
         raise ValueError(f"Prompt has {seq.tokens.shape[0]} rows, the agent {batch_size}.")
     return seq
-
-
-def _as_jax(seq: TokenSequence) -> TokenSequence:
-    return TokenSequence(*(jnp.asarray(f) for f in seq))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -139,7 +139,24 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Text (held-out works)", ""]
         lines += _table(["windows", "tokens", "perplexity", "unigram baseline"],
                         [[t["windows"], t["tokens"], _fmt(t["perplexity"]), _fmt(t.get("unigram_perplexity"))]])
+    if "vision_language" in report:
+        lines += _vision_language_lines(report["vision_language"])
+    if "prismer" in report:
+        lines += _prismer_lines(report["prismer"])
     return "\n".join(lines)
+
+
+def _vision_language_lines(vl: Mapping[str, Any]) -> list[str]:
+    """Held-out questions by type and few-shot episodes by shots, each beside chance and majority."""
+    lines = ["", f"## Vision and language (held-out scenes; {vl.get('method', '')})", ""]
+    for section in ("questions", "fewshot"):
+        rows = [[kind, s["count"], _fmt(s["accuracy"], 3), _fmt(s["chance"], 3), _fmt(s["majority"], 3)]
+                for kind, s in sorted(vl.get(section, {}).items())]
+        if rows:
+            lines += _table([section, "examples", "accuracy", "chance", "majority"], rows)
+    if "fewshot_gain_4_over_0" in vl:
+        lines += [f"4-shot minus 0-shot accuracy: {_fmt(vl['fewshot_gain_4_over_0'], 3)}", ""]
+    return lines
 
 
 def write_chart(path: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
@@ -208,3 +225,16 @@ def write_report(out_dir: str, report: dict[str, Any]) -> dict[str, str]:
         f.write(markdown(_finite(report)))
     write_json(paths["json"], report)
     return paths
+
+
+def _prismer_lines(p: Mapping[str, Any]) -> list[str]:
+    """What trains, which experts, held-out captions and questions (README "Prismer")."""
+    c = p.get("captions", {})
+    lines = ["", f"## Prismer ({p['kind']}; experts: {', '.join(p['experts']) or 'none'})", "",
+             f"Trainable parameters: {p['trainable_params']} of {p['total_params']} "
+             f"({_fmt(p['trainable_fraction'], 3)}); frozen groups: {', '.join(p['frozen']) or 'none'}", ""]
+    lines += _table(["captions, seen pairs", "captions, never-seen pairs", "questions"],
+                    [[f"{_fmt(c.get('accuracy_seen_pairs'), 3)} ({c.get('examples_seen_pairs', 0)})",
+                      f"{_fmt(c.get('accuracy_novel_pairs'), 3)} ({c.get('examples_novel_pairs', 0)})",
+                      _fmt(p.get('question_accuracy'), 3)]])
+    return lines

@@ -10,7 +10,6 @@ values, not constants: changing them does not recompile.
 """
 from __future__ import annotations
 
-import collections
 import functools
 from typing import NamedTuple
 
@@ -20,10 +19,10 @@ import numpy as np
 from flax import nnx
 
 from gato_jax.model import Gato, KVCache
-from gato_jax.rollout.agent import place_like
+from gato_jax.rollout.chunks import as_jax, place_like, text_chunk
 from gato_jax.tokenizers import episode as episode_lib
 from gato_jax.tokenizers import sequence as seq_lib
-from gato_jax.tokenizers.sequence import NO_LOCAL_POS, Modality, TokenSequence
+from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.text import TextTokenizer
 from gato_jax.tokenizers.vocab import VocabLayout
 
@@ -75,17 +74,6 @@ def choose(key: jax.Array, logits_BxV: jax.Array, allowed_V: jax.Array, params: 
     return jnp.where(temperature > 0, sampled, jnp.argmax(filtered, axis=-1)).astype(jnp.int32)
 
 
-def text_chunk(tokens_B: jax.Array, layout: VocabLayout, patch_dim: int) -> TokenSequence:
-    """A [B, 1] chunk of generated text ids (`<eos>` counts as a special token)."""
-    b = tokens_B.shape[0]
-    modality = jnp.where(tokens_B < layout.text_size, Modality.TEXT, Modality.SPECIAL).astype(jnp.int32)
-    return TokenSequence(
-        tokens=tokens_B[:, None].astype(jnp.int32), modality=modality[:, None],
-        local_pos=jnp.full((b, 1), NO_LOCAL_POS, jnp.int32), patches=jnp.zeros((b, 1, patch_dim), jnp.uint8),
-        patch_pos=jnp.zeros((b, 1, 4), jnp.int32), loss_mask=jnp.zeros((b, 1), bool),
-        segment_ids=jnp.ones((b, 1), jnp.int32))
-
-
 def text_prompt(tokenizer: TextTokenizer, layout: VocabLayout, text: str, patch_size: int) -> TokenSequence:
     """`<bos>` text, without `<eos>` (the model continues it); an empty text is `<bos>` alone."""
     seq = episode_lib.tokenize_text(tokenizer, layout, text or "x", patch_size)
@@ -99,22 +87,22 @@ def caption_prompt(tokenizer: TextTokenizer, layout: VocabLayout, image: np.ndar
     return seq_lib.slice_tokens(seq, 0, bos + 1)
 
 
-TRACES: collections.Counter = collections.Counter()  # Compilations per jitted function, per process.
+def _prefill_fn(graphdef, params, cache: KVCache, seq: TokenSequence, last_B: jax.Array):
+    """Decodes the padded prompts; returns the logits after each row's last real token."""
+    logits_BxPxV, cache = nnx.merge(graphdef, params).decode(seq, cache)
+    return jnp.take_along_axis(logits_BxPxV, last_B[:, None, None], axis=1)[:, 0], cache
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _prefill(graphdef, params, cache: KVCache, seq: TokenSequence, last_B: jax.Array):
-    """Decodes the padded prompts; returns the logits after each row's last real token."""
-    TRACES["prefill"] += 1
-    logits_BxPxV, cache = nnx.merge(graphdef, params).decode(seq, cache)
-    return jnp.take_along_axis(logits_BxPxV, last_B[:, None, None], axis=1)[:, 0], cache
+    """One compile per (rows, bucket): tests hold it to that with `chex.assert_max_traces` on `_prefill_fn`."""
+    return _prefill_fn(graphdef, params, cache, seq, last_B)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
 def _step(graphdef, layout: VocabLayout, params, cache: KVCache, logits_BxV, allowed_V, key,
           sampling: SamplingParams):
     """Chooses one id per row and decodes it: (ids [B], next logits [B, V], cache)."""
-    TRACES["step"] += 1
     model = nnx.merge(graphdef, params)
     token_B = choose(key, logits_BxV, allowed_V, sampling)
     next_BxtxV, cache = model.decode(text_chunk(token_B, layout, seq_lib.patch_dim_for(model.dims.patch_size)), cache)
@@ -143,7 +131,7 @@ class Sampler:
         patch_size = self.model.dims.patch_size
         left_pad = lambda p: seq_lib.concat([seq_lib.empty(length - p.length, patch_size), p])
         rows = seq_lib.stack([p if p.length == length else left_pad(p) for p in prompts])
-        return TokenSequence(*(jnp.asarray(f) for f in rows)), np.full((len(prompts),), length - 1, np.int32)
+        return as_jax(rows), np.full((len(prompts),), length - 1, np.int32)
 
     def generate(self, prompts: list[TokenSequence], key: jax.Array, sampling: SamplingParams = DEFAULT_SAMPLING,
                  max_tokens: int = 64) -> list[list[int]]:

@@ -72,6 +72,18 @@ class VocabLayout:
     def discrete_range(self) -> tuple[int, int]:
         return (self.discrete_offset, self.special_offset)
 
+    def __str__(self) -> str:
+        """Short, for one-line errors: the three sizes (specials only when not the default)."""
+        extra = "" if self.specials == DEFAULT_SPECIALS else f", specials={self.specials}"
+        return (f"vocabulary(text_size={self.text_size}, num_continuous_bins={self.num_continuous_bins}, "
+                f"num_discrete={self.num_discrete}{extra})")
+
+    @classmethod
+    def from_config(cls, config) -> VocabLayout:
+        """The layout an experiment config asks for (`config.vocab`): the one way to build it from a config."""
+        v = config.vocab
+        return cls(int(v.text_size), int(v.num_continuous_bins), int(v.num_discrete))
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

@@ -1,12 +1,15 @@
 """The training loop: resume, dispatch steps ahead of reading metrics, log, evaluate, checkpoint.
 
-`train_and_evaluate(config, workdir)` is the whole of training; `gato_jax.main` only parses flags.
-A run always resumes from the latest complete checkpoint in its workdir, with the data iterator at
-exactly the batch it would have read next. SIGTERM saves and exits cleanly; a non-finite loss stops
-the run with an error and leaves the last good checkpoint untouched.
+`train_and_evaluate(config, workdir, data)` is the whole of training; `gato_jax.main` parses flags,
+checks them and builds the data (this package never imports data_pipelines). A run always resumes from
+the latest readable checkpoint in its workdir, with the data iterator at exactly the batch it would
+have read next (a damaged newest step is reported in one line and the one before it used). SIGTERM
+saves and exits cleanly; a non-finite loss stops the run with an error and leaves the last good
+checkpoint untouched.
 """
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -18,14 +21,13 @@ import tqdm
 
 from gato_jax import sharding as sharding_lib
 from gato_jax.tokenizers.sequence import TokenSequence
-from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.tokenizers.train_data import TrainData
 from gato_jax.train import distributed
 from gato_jax.train import state as state_lib
-from gato_jax.train.checkpoint import Checkpointer, CheckpointError
-from gato_jax.train.data import TrainData
-from gato_jax.train.flops import peak_flops, step_flops
+from gato_jax.train.checkpoint import Checkpointer, CheckpointError, CheckpointMeta
 from gato_jax.train.loss import reduce_metrics
 from gato_jax.train.metrics_writer import MetricsWriter
+from gato_jax.train.mfu import peak_flops, step_flops
 from gato_jax.train.optim import make_schedule
 
 _LOG = logging.getLogger(__name__)
@@ -76,31 +78,63 @@ def to_global(batch: TokenSequence, batch_sharding) -> TokenSequence:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
 
 
-def checkpoint_meta(config: ml_collections.ConfigDict, data: TrainData) -> dict:
-    return {"layout": data.layout.to_json(), "config": config.to_json(), **data.meta}
+# Model fields a run may change and still resume: how it computes, not which parameters it has. Fields
+# one side lacks (added since the checkpoint was written) are not compared either.
+RESUMABLE_MODEL_CHANGES = ("preset", "dtype", "remat", "dropout_rate")
 
 
-def _check_layout(meta: dict, layout: VocabLayout, directory: str) -> None:
-    saved = VocabLayout.from_json(meta["layout"])
-    if saved != layout:
-        raise CheckpointError(
-            f"Checkpoint in {directory} uses vocabulary {saved}, but this run's data uses {layout}; "
-            "use a fresh --workdir or the data the checkpoint was trained on.")
+def checkpoint_meta(config: ml_collections.ConfigDict, data: TrainData) -> CheckpointMeta:
+    """What every checkpoint of this run carries besides arrays."""
+    return CheckpointMeta(data.layout, config, dict(data.task_specs), data.tokenizer, dict(data.info))
+
+
+def check_compatible(saved: CheckpointMeta, config: ml_collections.ConfigDict, layout, directory: str) -> None:
+    """The checkpoint was trained with this model and vocabulary; CheckpointError naming the first difference."""
+    if saved.layout != layout:
+        raise CheckpointError(f"Checkpoint in {directory} uses vocabulary {saved.layout}, but this run's data uses "
+                              f"{layout}; use a fresh --workdir or the config it was trained with.")
+    want = json.loads(config.model.to_json())
+    have = json.loads(saved.config.model.to_json()) if "model" in saved.config else {}
+    diffs = [k for k in sorted(set(want) & set(have)) if k not in RESUMABLE_MODEL_CHANGES and want[k] != have[k]]
+    if diffs:
+        k = diffs[0]
+        raise CheckpointError(f"Checkpoint in {directory} is of another model (model.{k} = {have.get(k)!r} there, "
+                              f"{want.get(k)!r} here); use a fresh --workdir or the config it was trained with.")
 
 
 def restore_or_init(config, data: TrainData, workdir: str, mesh):
-    """Builds step functions and state, then overwrites the state from the latest checkpoint if any."""
-    fns, state = state_lib.build(config, data.layout.padded_size, mesh)
+    """Builds step functions and state, then overwrites the state from the latest readable checkpoint if any."""
     checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
     if checkpointer.latest_step() is not None:
-        _check_layout(checkpointer.restore_meta(), data.layout, checkpointer.directory)
-        state, data_state, _ = checkpointer.restore(state_lib.abstract_state(fns, state))
+        check_compatible(checkpointer.restore_meta(), config, data.layout, checkpointer.directory)
+    fns, state = state_lib.build(config, data.layout.padded_size, mesh)
+    if checkpointer.latest_step() is not None:
+        abstract = state_lib.abstract_train_state(config, data.layout.padded_size, mesh).state
+        state, data_state, _, step = checkpointer.restore(abstract)
         data.train_iter.set_state(data_state)
-        _LOG.info("Resumed from step %d in %s", int(state.step), checkpointer.directory)
+        _LOG.info("Resumed from step %d in %s", step, checkpointer.directory)
+    else:
+        state, names = state_lib.warm_start(config, state)
+        if names:
+            _LOG.info("Warm start: %d parameters from %s", len(names), config.train.warm_start.workdir)
+        elif tuple(config.train.get("frozen", ())):
+            _LOG.warning("config.train.frozen freezes %s but nothing warm-starts them (config.train.warm_start."
+                         "workdir is empty): they stay at their random initialisation. Pass "
+                         "--config.train.warm_start.workdir=RUN (e.g. a `make train EXP=prismer:lm` run).",
+                         list(config.train.frozen))
     return fns, state, checkpointer
 
 
-def _evaluate(fns, state, eval_batches: list[TokenSequence]) -> dict[str, float]:
+def log_parameter_counts(config, fns, state) -> dict[str, float]:
+    """Logs (and returns) trainable and total parameter counts once, at the start of training."""
+    counts = state_lib.parameter_counts(config, fns, state)
+    _LOG.info("Parameters: %d trainable of %d total (%.3f trainable)", counts.trainable, counts.total,
+              counts.trainable_fraction)
+    return {"trainable_params": counts.trainable, "total_params": counts.total,
+            "trainable_fraction": counts.trainable_fraction}
+
+
+def _heldout_loss(fns, state, eval_batches: list[TokenSequence]) -> dict[str, float]:
     totals: dict[str, list[float]] = {}
     for batch in eval_batches:
         for name, (total, count) in fns.eval_step(state, to_global(batch, fns.batch_sharding)).items():
@@ -113,7 +147,7 @@ def _evaluate(fns, state, eval_batches: list[TokenSequence]) -> dict[str, float]
 class _Throughput:
     """Tokens/s and MFU over the steps since the last log: the FLOPs the steps executed (`step_flops`:
     the sparse path counts the logits and patch ResNet only where it ran them) over the higher of the
-    measured matmul peak and the CPU's FMA peak (`train.flops.peak_flops`)."""
+    measured matmul peak and the CPU's FMA peak (`train.mfu.peak_flops`)."""
 
     def __init__(self, config, vocab_size: int):
         self.config, self.vocab_size = config, vocab_size
@@ -149,20 +183,18 @@ def _check_finite(step: int, metrics: dict[str, float], checkpointer: Checkpoint
             "config.optimizer.peak_lr or check the data, then rerun to resume.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: TrainData | None = None,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: TrainData,
                        stop_after: int | None = None) -> list[dict]:
-    """Trains to config.num_train_steps, resuming from workdir; returns the logged metric rows.
+    """Trains to config.num_train_steps on `data`, resuming from workdir; returns the logged metric rows.
 
+    `data` comes from the caller (`gato_jax.main` builds the real stream; tests pass synthetic data).
     `stop_after` ends this run early at that step with a checkpoint, as a preemption would, leaving the
     schedule untouched (tests of exact resumption use it).
     """
     distributed.maybe_initialize(config.distributed)
-    if data is None:
-        from data_pipelines import stream  # The real pipeline; tests pass synthetic data instead.
-
-        data = stream.build_train_data(config, jax.process_index(), jax.process_count())
     mesh = sharding_lib.make_mesh(config.mesh)
     fns, state, checkpointer = restore_or_init(config, data, workdir, mesh)
+    log_parameter_counts(config, fns, state)
     return _run(config, workdir, data, fns, state, checkpointer, stop_after or config.num_train_steps)
 
 
@@ -198,7 +230,7 @@ class _StepReporter:
             self.tokens_per_s = f"{logged['tokens_per_s']:.0f}"  # Shown in the bar until the next log.
         logged["learning_rate"] = float(self.schedule(step - 1))  # The rate of the update just applied.
         if state is not None and self.is_eval_step(step):
-            logged.update(_evaluate(self.fns, state, self.eval_batches))
+            logged.update(_heldout_loss(self.fns, state, self.eval_batches))
         self.writer.write(step, logged)
         self.rows.append({"step": step, **logged})
 

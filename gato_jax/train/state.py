@@ -7,6 +7,10 @@ optimizer moments keep the shardings they were created with, and the old state i
 `config.train.sparse` (default) computes logits only where a target follows and the patch ResNet only at
 image positions (`StepOptions`); the same loss and gradients as the plain path, which `make bench` times
 beside it.
+
+`config.train.frozen` names parameter groups that never train (`train.partial.freeze`: no optimizer state,
+no update); `model.kind="prismer"` reads its learned frozen experts into the model right after it is
+created; `warm_start` fills named parameters of a fresh run from another run's checkpoint.
 """
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gato_jax import sharding as sharding_lib
-from gato_jax.model import Gato
+from gato_jax.model.build import abstract_params, create_sharded_model
+from gato_jax.model.prismer import PrismerGato, load_frozen_experts
 from gato_jax.model.sparse import caps_from_fractions
 from gato_jax.tokenizers.sequence import TokenSequence, patch_dim_for
+from gato_jax.train import partial
 from gato_jax.train.loss import loss_at_targets, next_token_loss
 from gato_jax.train.optim import make_optimizer
 
@@ -52,12 +58,20 @@ class StepFunctions:
 
 
 def _opt_state_shardings(tx, abstract_opt_state, params_shardings, mesh: Mesh):
-    """Optimizer moments follow their parameters' shardings; scalars (counts) are replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt_state, params_shardings,
-        transform_non_params=lambda _: replicated,
-    )
+    """Optimizer moments follow their parameters' shardings; scalars (counts) are replicated; frozen
+    parameters' masked slots stay masked (`partial.opt_state_shardings`)."""
+    return partial.opt_state_shardings(tx, abstract_opt_state, params_shardings, NamedSharding(mesh, PartitionSpec()))
+
+
+def frozen_groups(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`config.train.frozen` (() for configs saved before the field existed)."""
+    train = config.get("train")
+    return tuple(str(p) for p in (train.get("frozen", ()) if train is not None else ()))
+
+
+def make_tx(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+    """The run's optimizer on the trainable parameters only (`config.train.frozen`)."""
+    return partial.freeze(make_optimizer(config.optimizer, config.num_train_steps), params, frozen_groups(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +152,10 @@ def _cached_steps(config, vocab_size: int, mesh: Mesh, graphdef, rest, shardings
     """Reuses jitted steps for an identical model, optimizer and mesh, so a resumed run (or the next
     test) in the same process compiles nothing again."""
     options = StepOptions.from_config(config)
-    key = (config.model.to_json(), config.optimizer.to_json(), config.num_train_steps, vocab_size, mesh, options)
+    key = (config.model.to_json(), config.optimizer.to_json(), config.num_train_steps, vocab_size, mesh, options,
+           frozen_groups(config))
     if key not in _STEP_CACHE or jax.tree.leaves(rest):
-        tx = make_optimizer(config.optimizer, config.num_train_steps)
+        tx = make_tx(config, shardings.params)
         batch_sharding = sharding_lib.batch_sharding(mesh)
         _STEP_CACHE[key] = (tx, batch_sharding,
                             *_jit_steps(graphdef, rest, tx, shardings, batch_sharding, options))
@@ -149,9 +164,11 @@ def _cached_steps(config, vocab_size: int, mesh: Mesh, graphdef, rest, shardings
 
 def build(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> tuple[StepFunctions, TrainState]:
     """Creates sharded parameters and optimizer state, and the (lazily compiled) step functions."""
-    model = sharding_lib.create_sharded_model(config.model, vocab_size, mesh, config.seed)
+    model = create_sharded_model(config.model, vocab_size, mesh, config.seed)
+    if isinstance(model, PrismerGato):
+        load_frozen_experts(model, str(config.model.prismer.shape_expert_dir))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(config.optimizer, config.num_train_steps)
+    tx = make_tx(config, params)
     shardings = _state_shardings(tx, params, mesh)
     tx, batch_sharding, train_step, eval_step = _cached_steps(config, vocab_size, mesh, graphdef, rest, shardings)
     with jax.set_mesh(mesh):
@@ -166,29 +183,56 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> tup
     return fns, state
 
 
-def abstract_state(fns: StepFunctions, state: TrainState) -> TrainState:
-    """Shape/dtype/sharding placeholders for restoring a checkpoint onto this mesh."""
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, fns.state_shardings)
+def warm_start(config: ml_collections.ConfigDict, state: TrainState) -> tuple[TrainState, list[str]]:
+    """`state` with the parameters `config.train.warm_start` names read from another run (on their current
+    shardings), and their names; `state` unchanged when no source is set. For fresh runs only: the
+    caller skips it when resuming. The optimizer state needs no change (AdamW moments start at zero)."""
+    ws = config.get("train", {}).get("warm_start")
+    if ws is None or not ws.workdir:
+        return state, []
+    params, names = partial.warm_start(state.params, str(ws.workdir), tuple(ws.params) or ("",),
+                                       step=None if int(ws.step) < 0 else int(ws.step),
+                                       rename=tuple(tuple(r) for r in ws.rename))
+    return state._replace(params=params), names
+
+
+def parameter_counts(config: ml_collections.ConfigDict, fns: StepFunctions, state: TrainState) -> partial.ParamCounts:
+    """Trainable and total parameters (frozen groups and frozen expert weights count in the total only)."""
+    return partial.parameter_counts(state.params, frozen_groups(config), extra=fns.rest)
+
+
+class AbstractTrainState(NamedTuple):
+    """The train state as shapes, dtypes and shardings only: what a restore fills and a compile lowers."""
+
+    graphdef: Any
+    rest: Any
+    tx: optax.GradientTransformation
+    state: TrainState  # Of jax.ShapeDtypeStruct, each with its sharding on the mesh.
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> AbstractTrainState:
+    """The one way to describe a train state without allocating it: parameters sharded by the rules,
+    optimizer moments following them, step and RNG replicated (the shardings `build` creates)."""
+    graphdef, params, rest = abstract_params(config.model, vocab_size, mesh, seed=config.seed)
+    tx = make_tx(config, params)
+    shardings = _state_shardings(tx, params, mesh)
+    shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params),
+                        jax.ShapeDtypeStruct((2,), jnp.uint32))
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    return AbstractTrainState(graphdef, rest, tx, state)
 
 
 def compile_train_step(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh):
     """Lowers and compiles the sharded train step from shapes alone (no parameter is allocated)."""
-    abstract_model = nnx.eval_shape(lambda: Gato(config.model, vocab_size, rngs=nnx.Rngs(config.seed)))
-    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
-    params_shardings = sharding_lib.param_shardings(params, mesh)
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, params_shardings)
-    tx = make_optimizer(config.optimizer, config.num_train_steps)
-    shardings = _state_shardings(tx, params, mesh)
-    abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params,
-                          jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((2,), jnp.uint32))
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    abstract = abstract_train_state(config, vocab_size, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract.state)
     batch = abstract_batch(config.batch_size, config.seq_len, config.model.patch_size)
-    train_step, _ = _jit_steps(graphdef, rest, tx, shardings, sharding_lib.batch_sharding(mesh),
-                               StepOptions.from_config(config))
+    rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract.rest)  # Frozen expert weights: any value.
+    train_step, _ = _jit_steps(abstract.graphdef, rest, abstract.tx, shardings,
+                               sharding_lib.batch_sharding(mesh), StepOptions.from_config(config))
     with jax.set_mesh(mesh):
-        compiled = train_step.lower(abstract, batch).compile()
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+        compiled = train_step.lower(abstract.state, batch).compile()
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.state.params))
     return compiled, n_params
 
 

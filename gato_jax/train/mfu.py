@@ -1,4 +1,4 @@
-"""The machine's peak FLOP/s, measured and derived, so MFU figures divide by what the machine can do.
+"""Model FLOPs utilisation: the FLOPs a train step executes, and the machine's peak FLOP/s, measured and derived.
 
 Measured: the best of square matmuls of several sizes, best over repeats (one size or a median reads
 low on a shared or throttled machine). Derived (CPU only): cores x vector FLOPs per cycle x clock, from
@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gato_jax.model.flops import flops_per_token
+from gato_jax.model.cost import flops_per_token
 from gato_jax.model.sparse import caps_from_fractions
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
 

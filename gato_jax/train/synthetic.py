@@ -1,37 +1,16 @@
-"""What the trainer needs from a data source, and a synthetic source for tests and benchmarks.
+"""A synthetic training source for tests and benchmarks: the `TrainData` a real stream would hand over.
 
-Any source yields process-local numpy TokenSequence batches [batch_size / process_count, seq_len] and
-exposes `get_state()` / `set_state()` (JSON-able), saved in every checkpoint so a resumed run sees
-exactly the batches it would have seen.
+Like the real stream (`data_pipelines.stream`) it yields process-local numpy TokenSequence batches
+[batch_size / process_count, seq_len] and resumes from `get_state()` / `set_state()`.
 """
 from __future__ import annotations
-
-import dataclasses
-from collections.abc import Callable, Iterator
-from typing import Protocol
 
 import numpy as np
 
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
+from gato_jax.tokenizers.train_data import TrainData
 from gato_jax.tokenizers.vocab import VocabLayout
-
-
-class ResumableIterator(Protocol):
-    def __iter__(self) -> Iterator[TokenSequence]: ...
-    def __next__(self) -> TokenSequence: ...
-    def get_state(self) -> dict: ...
-    def set_state(self, state: dict) -> None: ...
-
-
-@dataclasses.dataclass
-class TrainData:
-    """A training stream, held-out batches and the metadata checkpoints must carry to be usable alone."""
-
-    layout: VocabLayout
-    train_iter: ResumableIterator
-    eval_batches: Callable[[], list[TokenSequence]]  # Process-local held-out batches, same every call.
-    meta: dict = dataclasses.field(default_factory=dict)  # JSON-able: task specs, tokenizer, sources.
 
 
 class SyntheticIterator:
@@ -96,4 +75,4 @@ def synthetic_data(config, layout: VocabLayout, process_index: int = 0, process_
     local = lambda batch: TokenSequence(*(field[held_out.rows] for field in batch))
     return TrainData(layout=layout, train_iter=make(config.seed),
                      eval_batches=lambda: [local(held_out.global_batch_at(i)) for i in range(config.eval_batches)],
-                     meta={"source": "synthetic"})
+                     info={"source": "synthetic"})

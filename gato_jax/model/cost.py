@@ -8,8 +8,11 @@ term is attention scores and weighted values (2 matmuls of H*K x seq_len per lay
 backward, counted as full rather than causal, as PaLM does). The third is the patch ResNet's convolutions
 and projection (`patch_flops`) wherever it runs: every position in the plain pass. The sparse train step
 runs the logits and the ResNet on fewer positions (`image_fraction`, `logits_fraction`), the ResNet's
-3x3 convolutions as dense matrices (`patch_matmuls`). Ignored as < 1% of the total: biases, norms,
-activations and position tables (lookups).
+3x3 convolutions as dense matrices (`patch_matmuls`). With `model.image_encoder="resampler"`, the
+perceiver resampler's layers run at every position (dense, `resampler_flops`): per layer the q and
+output projections on the position, k and v on its patch embedding and its latent (2 keys per position),
+the MLP, and attention over 2 * seq_len keys. Ignored as < 1% of the total: biases, norms, activations
+and position tables (lookups).
 """
 from __future__ import annotations
 
@@ -17,14 +20,13 @@ import jax
 import ml_collections
 from flax import nnx
 
+from gato_jax.model.build import abstract_model  # Dispatches on model.kind.
 from gato_jax.model.embed import MAX_DENSE_CONV_WIDTH
 from gato_jax.model.layers import ModelDims
 
 
 def count_params(model_config: ml_collections.ConfigDict, vocab_size: int) -> int:
     """Exact number of parameters (jax.eval_shape: shapes only, nothing allocated)."""
-    from gato_jax.model.transformer import abstract_model
-
     _, state = abstract_model(model_config, vocab_size)
     return sum(int(x.size) for x in jax.tree.leaves(state.filter(nnx.Param)))
 
@@ -61,4 +63,14 @@ def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int, vocab
     blocks = matmul_params(model_config, vocab_size) - vocab_size * d.d_model
     logits = logits_fraction * vocab_size * d.d_model
     patches = image_fraction * patch_flops(model_config, patch_matmuls)
-    return float(6 * (blocks + logits) + attention + 3 * patches)
+    return float(6 * (blocks + logits) + attention + 3 * patches + resampler_flops(model_config, seq_len))
+
+
+def resampler_flops(model_config: ml_collections.ConfigDict, seq_len: int) -> float:
+    """Training FLOPs per token of the perceiver resampler (module docstring); 0 without one."""
+    d = ModelDims.from_config(model_config)
+    if d.image_encoder != "resampler":
+        return 0.0
+    attn_width = d.num_heads * d.head_dim
+    matmuls = 6 * d.d_model * attn_width + 2 * d.d_model * d.mlp_dim  # q, out; k, v on 2 keys; MLP.
+    return float(d.resampler_layers * (6 * matmuls + 12 * attn_width * 2 * seq_len))

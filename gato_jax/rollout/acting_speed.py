@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import jax
 
 from gato_jax.load import Loaded
+from gato_jax.rollout.checkpoint_eval import TaskHooks, make_agent
 from gato_jax.rollout.envs import EnvBatch, acting_steps
-from gato_jax.rollout.evaluate import TaskHooks, default_task_hooks, make_agent
 
 ENDLESS = 1 << 30  # Episodes: the timed loop stops by step count, never by running out.
 
@@ -66,11 +66,11 @@ def _vector_env_factory(name: str, hooks: TaskHooks, sticky_actions: float, max_
     return make
 
 
-def measure_acting(loaded: Loaded, task: str, *, num_envs: int = 8, steps: int = 100, hooks: TaskHooks | None = None,
+def measure_acting(loaded: Loaded, task: str, hooks: TaskHooks, *, num_envs: int = 8, steps: int = 100,
                    sticky_actions: float = 0.25, max_steps: int = 100_000, temperature: float = 1.0,
                    seed: int = 0) -> ActingSpeed:
-    """Batched acting speed of `loaded`'s model on `task` (no prompt: a prompt only adds a one-off prefill)."""
-    hooks = hooks or default_task_hooks(int(loaded.config.data.frame_size))
+    """Batched acting speed of `loaded`'s model on `task` (no prompt: a prompt only adds a one-off prefill);
+    environments come from `hooks` (`gato_jax.evaluate.task_hooks` for the real ones)."""
     agent = make_agent(loaded, task, num_envs, temperature)
     make = lambda s: hooks.make_env(task, sticky_actions=sticky_actions, max_steps=max_steps, seed=s)
     envs = EnvBatch(make, lambda a: hooks.action_to_env(task, a), agent.spec, num_envs=num_envs,

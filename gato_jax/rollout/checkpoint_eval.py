@@ -1,12 +1,14 @@
 """Evaluate a checkpoint: rollouts on every control task of the mixture, caption accuracy, text perplexity.
 
-`evaluate(config, workdir)` is the whole of `make eval`: the model, vocabulary, task specs and tokenizer
-come from the checkpoint; how to evaluate (episodes, envs, sticky actions, step cap, prompting,
-temperature) comes from `config.eval`, so `--config.eval.episodes=N` works from the command line.
-Results go to WORKDIR/eval/: report.json, report.md, normalized_scores.png and videos/<task>.(mp4|gif).
+`evaluate_checkpoint(loaded, config, out_dir, sources, task_hooks, data_hooks)` is the work of `make eval`:
+the model, vocabulary, task specs and tokenizer come from the checkpoint; how to evaluate (episodes,
+envs, sticky actions, step cap, prompting, temperature) comes from `config.eval`, so
+`--config.eval.episodes=N` works from the command line. Results go to out_dir: report.json, report.md,
+normalized_scores.png and videos/<task>.(mp4|gif).
 
-Where environments, demonstrations and reference scores come from is injected (`TaskHooks`,
-`DataHooks`), defaulting to `data_pipelines`; tests pass a tiny in-memory environment instead.
+Where environments, demonstrations, held-out windows and reference scores come from is handed in
+(`TaskHooks`, `DataHooks`): `gato_jax.evaluate` wires them to data_pipelines (this package never
+imports it); tests pass a tiny in-memory environment instead.
 """
 from __future__ import annotations
 
@@ -23,15 +25,20 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gato_jax.load import Loaded, load_checkpoint
+from gato_jax.errors import DataError
+from gato_jax.load import Loaded
+from gato_jax.rollout import answers, prismer_eval
 from gato_jax.rollout import report as report_lib
 from gato_jax.rollout.agent import Agent, demonstration_prompts
+from gato_jax.rollout.chunks import as_jax
 from gato_jax.rollout.envs import EnvBatch, RolloutResult, run_episodes
 from gato_jax.rollout.report import References
 from gato_jax.rollout.sampling import Sampler, SamplingParams, caption_prompt
 from gato_jax.tokenizers import sequence as seq_lib
+from gato_jax.tokenizers.interleaved import TokenizedPrompt
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
-from gato_jax.tokenizers.spec import FieldKind
+from gato_jax.tokenizers.spec import FieldKind, TaskSpec
+from gato_jax.tokenizers.text import TextTokenizer
 from gato_jax.tokenizers.values import detokenize_continuous
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train.loss import token_nll
@@ -44,27 +51,47 @@ HELDOUT_WINDOWS = 32  # Held-out demonstration windows per task for teacher-forc
 HELDOUT_SPLIT = "test"  # Where prompts and held-out windows come from; never the training episodes.
 
 
-class MissingDataError(ValueError):
+class MissingDataError(DataError):
     """The data evaluation needs is not there; the message names the command that makes it."""
 
 
+# (spec, layout, episodes, seq_len, count) -> `count` windows of the episodes laid out as in training.
+WindowsFn = Callable[[TaskSpec, VocabLayout, Sequence[Mapping], int, int], list[TokenSequence]]
+
+
 class TaskHooks(NamedTuple):
-    """Where a control task's environment, demonstrations and references come from."""
+    """Where a control task's environment, demonstrations, training-format windows and references come from."""
 
     make_env: Callable[..., Any]  # (name, *, sticky_actions, max_steps, seed) -> gymnasium.Env
     action_to_env: Callable[[str, Mapping], Any]  # (name, action dict) -> env action
-    load_episodes: Callable[[str, str, str], Sequence[Mapping]]  # (data_dir, name, split) -> episodes
-    load_metadata: Callable[[str, str], Mapping]  # (data_dir, name) -> expert/random returns, ...
+    load_episodes: Callable[[str, str], Sequence[Mapping]]  # (name, split) -> episodes
+    load_metadata: Callable[[str], Mapping]  # name -> expert/random returns, ...
+    windows: WindowsFn  # Held-out windows as the training stream cuts them (held-out action accuracy).
     # (name, num_envs, *, sticky_actions, max_steps, seed) -> VectorEnv; only benchmarks use it.
     make_vector_env: Callable[..., Any] | None = None
 
 
 class DataHooks(NamedTuple):
-    """Where held-out captions and text come from."""
+    """Where held-out captions and text come from, and how they are cut and parsed as in training."""
 
-    load_captions: Callable[[str, str], Sequence[Mapping]]  # (data_dir, split) -> {'image', 'caption', 'novel'}
-    load_text_split: Callable[[str, str], list[str]]  # (data_dir, split) -> documents
-    unigram_baseline: Callable[[str, int], float]  # (data_dir, text vocab size) -> perplexity
+    load_captions: Callable[[str], Sequence[Mapping]]  # split -> {'image', 'caption', 'source', 'novel'}
+    load_text_split: Callable[[str], list[str]]  # split -> documents
+    unigram_baseline: Callable[[int], float]  # text vocab size -> perplexity
+    # (tokenizer, layout, documents, seq_len, patch_size, count) -> consecutive packed text windows.
+    text_windows: Callable[[TextTokenizer, VocabLayout, Sequence[str], int, int, int], list[TokenSequence]]
+    parse_caption: Callable[[str], Any]  # caption -> object with count/colour/shape/place, or None
+    # (tokenizer, layout, patch_size, max questions, max episodes) -> held-out multiple-choice prompts by
+    # section: "questions" (typed by question) and "fewshot" (typed "fewshot_<k>"); KOSMOS-1 documents only.
+    vision_language_prompts: Callable[..., Mapping[str, Sequence[TokenizedPrompt]]] | None = None
+
+
+class EvalSources(NamedTuple):
+    """What of the mixture is evaluated: control tasks rolled out, captions scored, text perplexity."""
+
+    tasks: tuple[str, ...] = ()
+    captions: bool = False
+    text: bool = False
+    vision_language: bool = False  # Held-out visual questions and few-shot episodes (KOSMOS-1 documents).
 
 
 class EvalSettings(NamedTuple):
@@ -81,25 +108,6 @@ class EvalSettings(NamedTuple):
         e = config.eval
         return cls(int(e.episodes), int(e.num_envs), int(e.max_steps), float(e.sticky_actions), bool(e.prompted),
                    float(e.temperature), int(config.seed))
-
-
-def default_task_hooks(frame_size: int = 80) -> TaskHooks:
-    """data_pipelines.tasks and data_pipelines.episodes, with Atari frames of the size the model trained on."""
-    from data_pipelines import episodes, tasks
-
-    def make_env(name: str, **kwargs) -> Any:
-        return tasks.make_env(name, frame_size=frame_size, **kwargs)
-
-    def make_vector_env(name: str, num_envs: int, **kwargs) -> Any:
-        return tasks.make_vector_env(name, num_envs, frame_size=frame_size, **kwargs)
-
-    return TaskHooks(make_env, tasks.action_to_env, episodes.load_episodes, episodes.load_metadata, make_vector_env)
-
-
-def default_data_hooks() -> DataHooks:
-    from data_pipelines import captions, text
-
-    return DataHooks(captions.load_captions, text.load_text_split, text.unigram_baseline)
 
 
 def references(name: str, metadata: Mapping) -> References:
@@ -121,15 +129,6 @@ def references(name: str, metadata: Mapping) -> References:
                       random_episodes=count["random"], expert_episodes=count["expert"])
 
 
-def data_dir_for(config: ml_collections.ConfigDict, loaded: Loaded) -> str:
-    """config.data.dir or $GATO_DATA_DIR when set, else where training read its data, else ./data."""
-    from data_pipelines import prepare
-
-    if config.data.dir or os.environ.get("GATO_DATA_DIR") or not loaded.meta.get("data_dir"):
-        return prepare.data_dir(config)
-    return str(loaded.meta["data_dir"])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Control tasks.
 
@@ -149,11 +148,11 @@ def acting_cache_size(seq_len: int, tokens_per_timestep: int) -> int:
     return seq_len // tokens_per_timestep * tokens_per_timestep
 
 
-def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,
+def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks,
                  key: jax.Array, progress: bool = True, demos: Sequence[Mapping] | None = None) -> RolloutResult:
     """config.eval.episodes seeded episodes of one task, prompted or not; episode 0 is recorded.
 
-    `demos` are the held-out episodes prompts come from; loaded from data_dir when not given.
+    `demos` are the held-out episodes prompts come from; loaded through `hooks` when not given.
     """
     num_envs = max(1, min(settings.num_envs, settings.episodes))
     agent = make_agent(loaded, name, num_envs, settings.temperature)
@@ -163,7 +162,7 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
                     num_episodes=settings.episodes, max_steps=settings.max_steps, seed=settings.seed, record_first=True)
     prompt = None
     if settings.prompted:
-        demos = heldout_episodes(hooks, data_dir, name) if demos is None else demos
+        demos = heldout_episodes(hooks, name) if demos is None else demos
         prompt = demonstration_prompts(agent.spec, loaded.layout, demos, agent.max_prompt_tokens, num_envs,
                                        np.random.default_rng(settings.seed))
     try:
@@ -172,16 +171,16 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
         envs.close()
 
 
-def heldout_episodes(hooks: TaskHooks, data_dir: str, name: str) -> Sequence[Mapping]:
+def heldout_episodes(hooks: TaskHooks, name: str) -> Sequence[Mapping]:
     """The task's test-split episodes: prompts and held-out action accuracy come from these only."""
     try:
-        episodes = hooks.load_episodes(data_dir, name, HELDOUT_SPLIT)
+        episodes = hooks.load_episodes(name, HELDOUT_SPLIT)
     except ValueError:
         episodes = []
     if not len(episodes):
-        raise MissingDataError(f"{name} has no held-out ({HELDOUT_SPLIT!r} split) episodes in {data_dir}: rebuild its "
-                         "data with more episodes, e.g. `make data EXP=<experiment> "
-                         "ARGS=--config.data.episodes_per_task=<more>`.")
+        raise MissingDataError(f"{name} has no held-out ({HELDOUT_SPLIT!r} split) episodes: rebuild its data with "
+                               "more episodes, e.g. `make data EXP=<experiment> "
+                               "ARGS=--config.data.episodes_per_task=<more>`.")
     return episodes
 
 
@@ -199,7 +198,7 @@ def _action_predictions(graphdef, params, seq: TokenSequence,
     return jnp.argmax(logits_BxTxV, axis=-1), in_range_BxT, is_action_BxT, targets_BxT
 
 
-def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mapping],
+def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mapping], make_windows: WindowsFn,
                             windows: int = HELDOUT_WINDOWS) -> dict[str, float]:
     """Teacher-forced action-token accuracy on held-out demonstrations, next to always guessing the commonest.
 
@@ -209,13 +208,8 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     4 steps) lets a model score well by copying its own last action without reading the frame.
     Tasks with continuous actions add the mean absolute error in action units (`continuous_action_errors`).
     """
-    from data_pipelines import sources
-
     spec, seq_len = loaded.task_specs[name], int(loaded.config.seq_len)
-    flat = sources.FlatEpisodes.from_episodes(episodes, spec)
-    source = sources.ControlSource(spec, loaded.layout, flat, seq_len, prompt_prob=0.0, prompt_end_fraction=0.0)
-    rng = np.random.default_rng(0)
-    items = [source(rng) for _ in range(windows)]
+    items = make_windows(spec, loaded.layout, episodes, seq_len, windows)
     graphdef, params = nnx.split(loaded.model)
     per_step = spec.action_tokens
     hits, targets, repeats, steps, predicted_steps = [], [], [], [], []
@@ -267,18 +261,18 @@ def _detokenize(ids: np.ndarray, field, layout: VocabLayout) -> np.ndarray:
     return values * np.float32(field.scale)
 
 
-def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks, data_dir: str,
+def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks,
                   key: jax.Array, out_dir: str, progress: bool = True,
                   demos: Sequence[Mapping] | None = None) -> dict[str, Any]:
     """The report entry of one task (scores, lengths, speed, held-out imitation), with its video under out_dir.
 
     `demos`: the task's held-out episodes (`heldout_episodes`), loaded when not given.
     """
-    refs = references(name, hooks.load_metadata(data_dir, name))
-    demos = heldout_episodes(hooks, data_dir, name) if demos is None else demos
-    result = rollout_task(loaded, name, settings, hooks, data_dir, key, progress, demos=demos)
+    refs = references(name, hooks.load_metadata(name))
+    demos = heldout_episodes(hooks, name) if demos is None else demos
+    result = rollout_task(loaded, name, settings, hooks, key, progress, demos=demos)
     entry = report_lib.task_scores([e.ret for e in result.episodes], refs, prompted=settings.prompted)
-    entry.update(heldout_action_accuracy(loaded, name, demos), heldout_source=HELDOUT_SPLIT)
+    entry.update(heldout_action_accuracy(loaded, name, demos, hooks.windows), heldout_source=HELDOUT_SPLIT)
     video_dir = os.path.join(out_dir, report_lib.VIDEO_DIR)
     os.makedirs(video_dir, exist_ok=True)
     video = report_lib.write_video(os.path.join(video_dir, name.replace("/", "_")), result.frames)
@@ -318,10 +312,9 @@ def select_caption_examples(examples: Sequence[Mapping], max_examples: int) -> l
 
 
 def caption_accuracy(loaded: Loaded, examples: Sequence[Mapping], max_examples: int,
-                     progress: bool = True) -> dict[str, Any]:
-    """Greedy captions of held-out images, exact match (after stripping), per kind (`caption_kind`)."""
-    from data_pipelines.captions import parse_caption
-
+                     parse_caption: Callable[[str], Any], progress: bool = True) -> dict[str, Any]:
+    """Greedy captions of held-out images, exact match (after stripping), per kind (`caption_kind`), and
+    per attribute of the scene (`parse_caption`: None for a caption that is not a scene's)."""
     examples = select_caption_examples(examples, max_examples)
     sampler = Sampler(loaded.model, loaded.layout, cache_size=int(loaded.config.seq_len))
     patch = int(loaded.config.model.patch_size)
@@ -356,18 +349,6 @@ def _caption_scores(correct: np.ndarray, kinds: np.ndarray, attributes: dict[str
     return out
 
 
-def text_windows(loaded: Loaded, documents: Sequence[str], windows: int) -> list[TokenSequence]:
-    """The first `windows` consecutive seq_len windows of the held-out documents, packed as in training."""
-    from data_pipelines import sources
-
-    seq_len = int(loaded.config.seq_len)
-    ids = sources.document_ids(loaded.tokenizer, documents)
-    source = sources.TextSource(ids, loaded.layout, seq_len, int(loaded.config.model.patch_size))
-    count = min(windows, max(1, -(-len(ids) // seq_len)))
-    return [seq_lib.pad_to(source.window(np.asarray(ids[i * seq_len:(i + 1) * seq_len])), seq_len)
-            for i in range(count)]
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _text_nll(graphdef, params, seq: TokenSequence) -> tuple[jax.Array, jax.Array]:
     """(sum of NLL, count) over text-piece targets of a batch of windows."""
@@ -377,10 +358,13 @@ def _text_nll(graphdef, params, seq: TokenSequence) -> tuple[jax.Array, jax.Arra
     return jnp.sum(nll_BxT * weight_BxT), jnp.sum(weight_BxT)
 
 
-def text_perplexity(loaded: Loaded, documents: Sequence[str], windows: int, progress: bool = True) -> dict[str, Any]:
-    """Perplexity on text-piece targets (the pieces the unigram baseline counts), from full forward passes."""
+def text_perplexity(loaded: Loaded, documents: Sequence[str], windows: int, hooks: DataHooks,
+                    progress: bool = True) -> dict[str, Any]:
+    """Perplexity on text-piece targets (the pieces the unigram baseline counts), from full forward passes
+    over the first `windows` packed windows of the held-out documents."""
     graphdef, params = nnx.split(loaded.model)
-    items = text_windows(loaded, documents, windows)
+    items = hooks.text_windows(loaded.tokenizer, loaded.layout, documents, int(loaded.config.seq_len),
+                               int(loaded.config.model.patch_size), windows)
     total = count = 0.0
     for batch in tqdm.tqdm(_fixed_batches(loaded, items), desc="text", total=-(-len(items) // WINDOW_BATCH),
                            disable=not progress):
@@ -394,69 +378,110 @@ def _fixed_batches(loaded: Loaded, items: Sequence[TokenSequence]) -> Iterator[T
     blank = seq_lib.empty(int(loaded.config.seq_len), int(loaded.config.model.patch_size))
     for start in range(0, len(items), WINDOW_BATCH):
         batch = list(items[start:start + WINDOW_BATCH])
-        yield _as_jax(seq_lib.stack(batch + [blank] * (WINDOW_BATCH - len(batch))))
-
-
-def _as_jax(seq: TokenSequence) -> TokenSequence:
-    return TokenSequence(*(jnp.asarray(f) for f in seq))
+        yield as_jax(seq_lib.stack(batch + [blank] * (WINDOW_BATCH - len(batch))))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Everything.
 
 
-def _control(loaded: Loaded, config, settings: EvalSettings, hooks: TaskHooks | None, data_dir: str,
-             out_dir: str, progress: bool) -> dict[str, dict]:
-    from data_pipelines import prepare
-
-    names = prepare.control_tasks(config)
+def _control(loaded: Loaded, names: Sequence[str], settings: EvalSettings, hooks: TaskHooks, out_dir: str,
+             progress: bool) -> dict[str, dict]:
     if not names:
         return {}
-    hooks = hooks or default_task_hooks(int(loaded.config.data.frame_size))
     key = jax.random.key(settings.seed)
-    heldout = {name: heldout_episodes(hooks, data_dir, name) for name in names}  # Fails before any rollout.
+    heldout = {name: heldout_episodes(hooks, name) for name in names}  # Fails before any rollout.
     tasks = {}
     for name in tqdm.tqdm(names, desc="tasks", disable=not progress):
         key, task_key = jax.random.split(key)
-        tasks[name] = evaluate_task(loaded, name, settings, hooks, data_dir, task_key, out_dir, progress,
-                                    demos=heldout[name])
+        tasks[name] = evaluate_task(loaded, name, settings, hooks, task_key, out_dir, progress, demos=heldout[name])
     return tasks
 
 
-def _captions_and_text(loaded: Loaded, config, hooks: DataHooks | None, data_dir: str, progress: bool) -> dict:
-    from data_pipelines import prepare
-
-    mixture = list(config.data.mixture)
-    wanted = [n for n in mixture if n in prepare.CAPTION_SOURCES + prepare.TEXT_SOURCES]
-    if not wanted:
+def _captions_and_text(loaded: Loaded, config, sources: EvalSources, hooks: DataHooks | None,
+                       progress: bool) -> dict:
+    if not (sources.captions or sources.text):
         return {}
     if loaded.tokenizer is None:
         raise ValueError("The mixture has text or captions but the checkpoint holds no text tokenizer; retrain.")
-    hooks = hooks or default_data_hooks()
+    if hooks is None:
+        raise ValueError("Evaluating captions or text needs DataHooks (held-out captions and documents).")
     out = {}
-    if any(n in prepare.CAPTION_SOURCES for n in mixture) and config.eval.caption_examples > 0:
-        examples = hooks.load_captions(data_dir, "test")
-        out["captions"] = caption_accuracy(loaded, examples, int(config.eval.caption_examples), progress)
-    if any(n in prepare.TEXT_SOURCES for n in mixture) and config.eval.text_batches > 0:
-        text = text_perplexity(loaded, hooks.load_text_split(data_dir, "test"), int(config.eval.text_batches), progress)
-        text["unigram_perplexity"] = float(hooks.unigram_baseline(data_dir, loaded.layout.text_size))
+    if sources.captions and config.eval.caption_examples > 0 and not _is_prismer(loaded):
+        out["captions"] = caption_accuracy(loaded, hooks.load_captions("test"), int(config.eval.caption_examples),
+                                           hooks.parse_caption, progress)
+    if sources.text and config.eval.text_batches > 0:
+        text = text_perplexity(loaded, hooks.load_text_split("test"), int(config.eval.text_batches), hooks, progress)
+        text["unigram_perplexity"] = float(hooks.unigram_baseline(loaded.layout.text_size))
         out["text"] = text
     return out
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
-             task_hooks: TaskHooks | None = None, data_hooks: DataHooks | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluates the latest checkpoint (or `step`) in `workdir`; writes and returns the report."""
-    expected = VocabLayout(config.vocab.text_size, config.vocab.num_continuous_bins, config.vocab.num_discrete)
-    loaded = load_checkpoint(workdir, step, expected_layout=expected)
+def vision_language_scores(loaded: Loaded, prompts: Mapping[str, Sequence[TokenizedPrompt]]) -> dict[str, Any]:
+    """The `vision_language` section: multiple-choice accuracy (the candidate the model finds likeliest,
+    `answers.answer_accuracy`) by question type on held-out scenes, and on held-out few-shot episodes
+    by number of shots, each beside chance and the majority answer."""
+    out: dict[str, Any] = {"method": "likeliest of the closed answer set (question type's answers, or the "
+                                     "episode's two words)"}
+    for section, items in prompts.items():
+        if items:
+            out[section] = answers.answer_accuracy(loaded.model, list(items), loaded.tokenizer, loaded.layout)
+    fewshot = out.get("fewshot", {})
+    shots = sorted(int(k.split("_")[1]) for k in fewshot if k.startswith("fewshot_"))
+    if shots:
+        out["fewshot_gain_4_over_0"] = (fewshot.get("fewshot_4", {}).get("accuracy", math.nan)
+                                        - fewshot.get("fewshot_0", {}).get("accuracy", math.nan))
+    return out
+
+
+def _vision_language(loaded: Loaded, config, sources: EvalSources, hooks: DataHooks | None) -> dict:
+    if not sources.vision_language:
+        return {}
+    if hooks is None or hooks.vision_language_prompts is None or loaded.tokenizer is None:
+        raise ValueError("Evaluating vision and language needs DataHooks.vision_language_prompts and a tokenizer.")
+    prompts = hooks.vision_language_prompts(loaded.tokenizer, loaded.layout, int(loaded.config.model.patch_size),
+                                            int(config.eval.question_examples), int(config.eval.fewshot_examples))
+    return {"vision_language": vision_language_scores(loaded, prompts)}
+
+
+def _is_prismer(loaded: Loaded) -> bool:
+    return str(loaded.config.model.get("kind", "gato")) == "prismer"
+
+
+def _prismer(loaded: Loaded, config, sources: EvalSources, hooks: DataHooks | None, progress: bool) -> dict:
+    """The `prismer` section (`prismer_eval.prismer_section`): trainable fraction, experts, held-out captions
+    (greedy full passes: a Prismer model has no cached decode; seen and never-seen pairs) and questions."""
+    if not _is_prismer(loaded):
+        return {}
+    if hooks is None or loaded.tokenizer is None:
+        raise ValueError("Evaluating a Prismer model needs DataHooks (held-out captions, questions) and a tokenizer.")
+    examples = (select_caption_examples(hooks.load_captions("test"), int(config.eval.caption_examples))
+                if sources.captions else [])
+    questions = []
+    if sources.vision_language and hooks.vision_language_prompts is not None:
+        questions = hooks.vision_language_prompts(loaded.tokenizer, loaded.layout, int(loaded.config.model.patch_size),
+                                                  int(config.eval.question_examples), 0).get("questions", [])
+    return {"prismer": prismer_eval.prismer_section(loaded, examples, questions, caption_kind=caption_kind,
+                                                    parse_caption=hooks.parse_caption, progress=progress)}
+
+
+def evaluate_checkpoint(loaded: Loaded, config: ml_collections.ConfigDict, out_dir: str, sources: EvalSources,
+                        task_hooks: TaskHooks | None = None, data_hooks: DataHooks | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluates a loaded checkpoint on `sources` with `config.eval`; writes the report to out_dir and
+    returns it. `task_hooks` are needed when `sources.tasks` is not empty, `data_hooks` for captions or text."""
+    if sources.tasks and task_hooks is None:
+        raise ValueError("Rolling out control tasks needs TaskHooks (environments and held-out episodes).")
     settings = EvalSettings.from_config(config)
-    data_dir = data_dir_for(config, loaded)
-    out_dir = os.path.join(workdir, EVAL_DIR)
     os.makedirs(out_dir, exist_ok=True)
-    tasks = _control(loaded, config, settings, task_hooks, data_dir, out_dir, progress)
-    report = {"workdir": os.path.abspath(workdir), "step": loaded.step, "settings": settings._asdict(),
-              "tasks": tasks, "summary": report_lib.summary(tasks)}
-    report.update(_captions_and_text(loaded, config, data_hooks, data_dir, progress))
+    tasks = _control(loaded, list(sources.tasks), settings, task_hooks, out_dir, progress)
+    report = {"workdir": os.path.abspath(os.path.dirname(out_dir)), "step": loaded.step,
+              "settings": settings._asdict(), "tasks": tasks, "summary": report_lib.summary(tasks)}
+    report.update(_captions_and_text(loaded, config, sources, data_hooks, progress))
+    report.update(_vision_language(loaded, config, sources, data_hooks))
+    report.update(_prismer(loaded, config, sources, data_hooks, progress))
+    if "vision_language" in report and "captions" in report:
+        report["vision_language"]["caption_exact_match"] = {
+            k: report["captions"].get(k) for k in ("accuracy_seen_pairs", "accuracy_novel_pairs", "accuracy")}
     report_lib.write_report(out_dir, report)
     return report

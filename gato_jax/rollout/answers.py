@@ -1,0 +1,127 @@
+"""Multiple-choice answers by likelihood: the candidate the model finds most likely after the prompt wins.
+
+Array key: B = rows (one prompt with one candidate each), T = tokens (padded to a bucket), V = vocabulary.
+
+Each (prompt, candidate) pair is one row: the prompt, then `candidate <eos>` laid out as a training
+example ends (`interleaved.tokenize_continuation`), loss-masked on the candidate's tokens. A full
+teacher-forced pass gives each row's summed log-likelihood of those tokens; per prompt the largest
+wins. Scoring the whole continuation, `<eos>` included, compares complete answers: a candidate that
+is a prefix of another ("two" / "twos") cannot win by being short. Rows are right-padded to a
+power-of-two bucket and batched in fixed groups of `batch_size` (blank rows fill the last group), so
+the pass compiles once per bucket.
+
+Accuracy is reported per question type beside two baselines: chance (the mean of 1 / candidates) and
+majority (always answering the type's commonest right answer in the evaluated set, an upper bound
+on any answer-prior-only guesser).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gato_jax.model import Gato
+from gato_jax.rollout.chunks import as_jax
+from gato_jax.rollout.sampling import bucket
+from gato_jax.tokenizers import interleaved
+from gato_jax.tokenizers import sequence as seq_lib
+from gato_jax.tokenizers.interleaved import TokenizedPrompt
+from gato_jax.tokenizers.sequence import TokenSequence
+from gato_jax.tokenizers.text import TextTokenizer
+from gato_jax.tokenizers.vocab import VocabLayout
+from gato_jax.train.loss import token_nll
+
+BATCH_ROWS = 16  # (prompt, candidate) rows per forward pass.
+RowScorer = Callable[[TokenSequence], np.ndarray]  # [B, T] rows -> float [B] summed log-likelihoods.
+
+
+def summed_loglik(logits_BxTxV: jax.Array, seq: TokenSequence) -> jax.Array:
+    """float32 [B]: each row's log-likelihood of its loss-masked tokens (position t predicts t+1)."""
+    nll_BxT = token_nll(logits_BxTxV[:, :-1], seq.tokens[:, 1:])
+    return -jnp.sum(jnp.where(seq.loss_mask[:, 1:], nll_BxT, 0.0), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _model_loglik(graphdef: Any, params: Any, seq: TokenSequence) -> jax.Array:
+    return summed_loglik(nnx.merge(graphdef, params)(seq), seq)
+
+
+def model_scorer(model: Gato) -> RowScorer:
+    """Rows scored by the model's full deterministic pass (jitted once per row shape): a Gato, or any nnx
+    model with its call signature (PrismerGato)."""
+    graphdef, params = nnx.split(model)
+    return lambda seq: np.asarray(_model_loglik(graphdef, params, as_jax(seq)))
+
+
+def logits_scorer(logits_fn: Callable[[TokenSequence], jax.Array]) -> RowScorer:
+    """Rows scored by any `seq [B, T] -> logits [B, T, V]` function (tests, other models)."""
+    scored = jax.jit(lambda seq: summed_loglik(logits_fn(seq), seq))
+    return lambda seq: np.asarray(scored(as_jax(seq)))
+
+
+def candidate_rows(item: TokenizedPrompt, tokenizer: TextTokenizer, layout: VocabLayout) -> list[TokenSequence]:
+    """One unpadded row per candidate: the prompt (loss off), then `candidate <eos>` (loss on)."""
+    patch_size = int(np.sqrt(item.prompt.patch_dim // seq_lib.IMAGE_CHANNELS))
+    prompt = item.prompt._replace(loss_mask=np.zeros_like(item.prompt.loss_mask))
+    return [seq_lib.concat([prompt, interleaved.tokenize_continuation(tokenizer, layout, text, patch_size)])
+            for text in item.candidates]
+
+
+def score_rows(scorer: RowScorer, rows: Sequence[TokenSequence], batch_size: int = BATCH_ROWS) -> np.ndarray:
+    """float [R]: every row's score, rows grouped by length bucket into fixed [batch_size, bucket] batches."""
+    scores = np.zeros(len(rows), np.float64)
+    by_bucket = collections.defaultdict(list)
+    for i, row in enumerate(rows):
+        by_bucket[bucket(row.length)].append(i)
+    for length, indices in sorted(by_bucket.items()):
+        blank = seq_lib.empty(length, int(np.sqrt(rows[indices[0]].patch_dim // seq_lib.IMAGE_CHANNELS)))
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            padded = [seq_lib.pad_to(rows[i], length) for i in chunk]
+            batch = seq_lib.stack(padded + [blank] * (batch_size - len(chunk)))
+            scores[chunk] = scorer(batch)[:len(chunk)]
+    return scores
+
+
+def choose_answers(scorer: RowScorer, items: Sequence[TokenizedPrompt], tokenizer: TextTokenizer,
+                   layout: VocabLayout, batch_size: int = BATCH_ROWS) -> np.ndarray:
+    """int [N]: per prompt, the index of its most likely candidate (the first on a tie)."""
+    rows = [row for item in items for row in candidate_rows(item, tokenizer, layout)]
+    scores = score_rows(scorer, rows, batch_size)
+    starts = np.cumsum([0] + [len(item.candidates) for item in items])
+    return np.asarray([int(np.argmax(scores[a:b])) for a, b in zip(starts[:-1], starts[1:])], np.int64)
+
+
+def accuracy_by_type(items: Sequence[TokenizedPrompt], chosen: Sequence[int]) -> dict[str, dict[str, float]]:
+    """{question type: accuracy, chance, majority, count}, plus 'all': each averaged over every item
+    (its majority answers each type's commonest answer)."""
+    groups = collections.defaultdict(list)
+    for item, pick in zip(items, chosen):
+        groups[item.question_type].append((item, int(pick)))
+    out = {name: _type_scores(pairs) for name, pairs in sorted(groups.items())}
+    total = sum(s["count"] for s in out.values())
+    out["all"] = {key: sum(s[key] * s["count"] for s in out.values()) / total
+                  for key in ("accuracy", "chance", "majority")} | {"count": total}
+    return out
+
+
+def _type_scores(pairs: list[tuple[TokenizedPrompt, int]]) -> dict[str, float]:
+    right = collections.Counter(item.candidates[item.answer] for item, _ in pairs)
+    return {"accuracy": float(np.mean([pick == item.answer for item, pick in pairs])),
+            "chance": float(np.mean([1.0 / len(item.candidates) for item, _ in pairs])),
+            "majority": right.most_common(1)[0][1] / len(pairs), "count": len(pairs)}
+
+
+def answer_accuracy(model: Gato | RowScorer, items: Sequence[TokenizedPrompt], tokenizer: TextTokenizer,
+                    layout: VocabLayout, batch_size: int = BATCH_ROWS) -> dict[str, dict[str, float]]:
+    """Multiple-choice accuracy by question type (with chance and majority) for a Gato or a row scorer."""
+    if not items:
+        raise ValueError("answer_accuracy needs at least one prompt.")
+    scorer = model_scorer(model) if isinstance(model, nnx.Module) else model  # Gato or PrismerGato.
+    return accuracy_by_type(items, choose_answers(scorer, items, tokenizer, layout, batch_size))
