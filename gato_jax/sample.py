@@ -132,6 +132,10 @@ def _main(argv: list[str]) -> int:
     check_args(args)
     quiet_libraries()
     loaded = load_checkpoint(args["workdir"], args["step"])
+    kind = str(loaded.config.model.get("kind", "gato"))
+    if kind != "gato":
+        raise UsageError(f"the checkpoint in {args['workdir']} is a {kind!r} model, which has no cached decode; "
+                         "`make sample` samples Gato checkpoints (score a Prismer run with `make eval`).")
     if loaded.tokenizer is None:
         raise UsageError(f"the checkpoint in {args['workdir']} has no text tokenizer (its mixture had no text or "
                          "captions), so it cannot sample text; use a checkpoint trained with text or captions.")
