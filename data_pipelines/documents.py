@@ -48,10 +48,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import captions, published
+from data_pipelines import captions, published, sources
 from data_pipelines.captions import COLOURS, COUNT_WORDS, PLACES, SHAPES, TEST_SHARE, Scene, image_split
 from gato_jax.tokenizers import interleaved
-from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.interleaved import Piece, TextPiece, TokenizedPrompt
 from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.text import TextTokenizer
@@ -404,43 +403,20 @@ def load_documents(data_dir: str | os.PathLike, split: str, kind: str) -> Docume
 # Training source.
 
 
-class InterleavedSource:
-    """`source(rng) -> TokenSequence` of seq_len: random examples packed whole, each its own segment.
+class InterleavedSource(sources.PackedExamples):
+    """Interleaved examples packed whole (`tokenize_example`); `label_loss` also trains on the few-shot
+    demonstrations' words."""
 
-    The stream's source interface (as `sources.CaptionSource`). Tokenized examples are kept (up to
-    `cache_size`): SentencePiece dominates the cost and a split of a few thousand fits in memory.
-    """
+    what = "documents"
 
     def __init__(self, examples: Sequence[Mapping], tokenizer: TextTokenizer, layout: VocabLayout, seq_len: int,
                  patch_size: int = 16, *, label_loss: bool = False, cache_size: int = 20_000):
-        if not len(examples):
-            raise ValueError("The documents split is empty.")
-        tokenizer.check_layout(layout)
-        self.examples, self.tokenizer, self.layout = examples, tokenizer, layout
-        self.seq_len, self.patch_size, self.label_loss, self.cache_size = seq_len, patch_size, label_loss, cache_size
-        self._cache: dict[int, TokenSequence] = {}
+        super().__init__(examples, tokenizer, layout, seq_len, patch_size, cache_size)
+        self.label_loss = label_loss
 
-    def __call__(self, rng: np.random.Generator) -> TokenSequence:
-        parts, used = [], 0
-        while True:
-            seq = self.example(int(rng.integers(len(self.examples))))
-            if used + seq.length > self.seq_len:
-                if not parts:  # Longer than the window: keep its start (raise seq_len to keep answers).
-                    parts.append(seq_lib.slice_tokens(seq, 0, self.seq_len))
-                break
-            parts.append(seq_lib.with_segment(seq, len(parts) + 1))
-            used += seq.length
-        return seq_lib.pad_to(seq_lib.concat(parts), self.seq_len)
-
-    def example(self, index: int) -> TokenSequence:
-        """Example `index` tokenized whole (segment 1)."""
-        seq = self._cache.get(index)
-        if seq is None:
-            seq = tokenize_example(self.examples[index], self.tokenizer, self.layout, self.patch_size,
-                                   label_loss=self.label_loss)
-            if len(self._cache) < self.cache_size:
-                self._cache[index] = seq
-        return seq
+    def tokenize(self, index: int) -> TokenSequence:
+        return tokenize_example(self.examples[index], self.tokenizer, self.layout, self.patch_size,
+                                label_loss=self.label_loss)
 
 
 def training_sources(data_dir: str | os.PathLike, kinds: Sequence[str], tokenizer: TextTokenizer,

@@ -277,17 +277,20 @@ class TextSource:
 # Captions.
 
 
-class CaptionSource:
-    """Randomly drawn captioned images packed whole into seq_len, each its own segment.
+class PackedExamples:
+    """`source(rng) -> TokenSequence` of seq_len: randomly drawn examples packed whole, each its own segment.
 
-    Tokenized captions are kept (up to `cache_size`): a packed window draws a dozen of them, and
-    tokenizing dominates the cost while the split is small enough (a few thousand) to hold.
+    Subclasses say how example `index` is tokenized (`tokenize`). Tokenized examples are kept (up to
+    `cache_size`): a packed window draws several of them, and tokenizing dominates the cost while a split
+    is small enough (a few thousand) to hold.
     """
+
+    what = "examples"  # Named in the error for an empty split.
 
     def __init__(self, examples: Sequence[Mapping], tokenizer: TextTokenizer, layout: VocabLayout,
                  seq_len: int, patch_size: int = 16, cache_size: int = 20_000):
         if not len(examples):
-            raise ValueError("The captions split is empty.")
+            raise ValueError(f"The {self.what} split is empty.")
         tokenizer.check_layout(layout)
         self.examples, self.tokenizer, self.layout = examples, tokenizer, layout
         self.seq_len, self.patch_size, self.cache_size = seq_len, patch_size, cache_size
@@ -296,25 +299,37 @@ class CaptionSource:
     def __call__(self, rng: np.random.Generator) -> TokenSequence:
         parts, used = [], 0
         while True:
-            seq = self.caption(int(rng.integers(len(self.examples))))
+            seq = self.example(int(rng.integers(len(self.examples))))
             if used + seq.length > self.seq_len:
-                if not parts:  # One caption longer than the window: keep its start rather than nothing.
+                if not parts:  # One example longer than the window: keep its start rather than nothing.
                     parts.append(seq_lib.slice_tokens(seq, 0, self.seq_len))
                 break
             parts.append(seq_lib.with_segment(seq, len(parts) + 1))
             used += seq.length
         return seq_lib.pad_to(seq_lib.concat(parts), self.seq_len)
 
-    def caption(self, index: int) -> TokenSequence:
-        """Example `index` as `tokenize_caption` lays it out (segment 1)."""
+    def example(self, index: int) -> TokenSequence:
+        """Example `index` tokenized whole (segment 1), from the cache when it is there."""
         seq = self._cache.get(index)
         if seq is None:
-            example = self.examples[index]
-            seq = episode_lib.tokenize_caption(self.tokenizer, self.layout, example["image"], example["caption"],
-                                               self.patch_size)
+            seq = self.tokenize(index)
             if len(self._cache) < self.cache_size:
                 self._cache[index] = seq
         return seq
+
+    def tokenize(self, index: int) -> TokenSequence:
+        raise NotImplementedError
+
+
+class CaptionSource(PackedExamples):
+    """Captioned images packed whole, as `tokenize_caption` lays each out."""
+
+    what = "captions"
+
+    def tokenize(self, index: int) -> TokenSequence:
+        example = self.examples[index]
+        return episode_lib.tokenize_caption(self.tokenizer, self.layout, example["image"], example["caption"],
+                                            self.patch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------
