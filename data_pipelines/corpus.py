@@ -139,18 +139,20 @@ def text_paths(data_dir: str | os.PathLike, vocab_size: int) -> dict[str, Path]:
 
 
 def prepare_text(data_dir: str | os.PathLike, *, vocab_size: int, progress: bool = True,
-                 test_fraction: float = TEST_FRACTION, document_lines: int = 0) -> dict[str, Path]:
+                 test_fraction: float = TEST_FRACTION, document_lines: int = 0,
+                 whole_words: Sequence[str] = ()) -> dict[str, Path]:
     """Builds the corpus and a vocab_size-piece tokenizer under data_dir/text/ once; returns text_paths.
 
     A second call finds both and does nothing; another vocab_size trains only the new model.
     `document_lines` lines of the interleaved documents' words (questions, answers, nonsense labels) join
-    the tokenizer's training text, so each nonsense word is one piece, not 2-5 (a dataset key setting).
+    the tokenizer's training text, and each of `whole_words` (the few-shot nonsense labels) is one piece
+    at the start of a word, not 2-5 (both dataset key settings).
     """
     paths = text_paths(data_dir, vocab_size)
     if not paths["meta"].exists():
         _build_corpus(paths["dir"], test_fraction, progress)
     if not paths["model"].exists():
-        _train_tokenizer(paths, vocab_size, progress, document_lines)
+        _train_tokenizer(paths, vocab_size, progress, document_lines, whole_words)
     return paths
 
 
@@ -168,7 +170,8 @@ def _build_corpus(root: Path, test_fraction: float, progress: bool) -> None:
                    f"({len(train)} / {len(test)} works) in {time.time() - start:.1f}s")
 
 
-def _train_tokenizer(paths: dict[str, Path], vocab_size: int, progress: bool, document_lines: int = 0) -> None:
+def _train_tokenizer(paths: dict[str, Path], vocab_size: int, progress: bool, document_lines: int = 0,
+                     whole_words: Sequence[str] = ()) -> None:
     """Trains in a scratch folder and moves the files in, .model last: its presence means done."""
     start = time.time()
     with tempfile.TemporaryDirectory(dir=paths["dir"], prefix=".spm.tmp-") as scratch:
@@ -177,7 +180,7 @@ def _train_tokenizer(paths: dict[str, Path], vocab_size: int, progress: bool, do
         corpus.write_text(paths["train"].read_text(encoding="utf-8") + "\n".join(lines) + "\n", encoding="utf-8")
         prefix = Path(scratch) / paths["model"].stem
         try:
-            TextTokenizer.train(corpus, vocab_size, prefix)
+            TextTokenizer.train(corpus, vocab_size, prefix, whole_words=whole_words)
         except RuntimeError as e:
             raise ValueError(f"Cannot train a {vocab_size}-piece tokenizer on {paths['train']}: "
                              f"{str(e).rstrip('.')}. "

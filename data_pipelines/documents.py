@@ -14,7 +14,9 @@ Built on the captions module's scenes (`captions.Scene`, `draw_scene`, palettes)
   squares in one episode and red things in the next, so only the demonstrations tell the answer and
   0-shot is chance (0.5) by construction. Demonstrations come in pairs of one of each class, so any
   even prefix shows both; the query's class alternates with the index (balanced). Loss on the answer
-  (optionally also on the demonstrations' words, `label_loss`).
+  (optionally also on the demonstrations' words, `label_loss`). Training reads fresh episodes made on
+  demand (`FreshEpisodes`: 1 to N demonstrations, classes drawn independently, out of 2**31) unless
+  `config.data.fewshot_train_max_shots` is 0; the held-out ones are always the stored test split.
 Scenes use only the colour-shape pairs captions trains on (`Scene.novel` False), so mixing these
 examples in never shows the captions' held-out pairs.
 
@@ -166,18 +168,20 @@ def _pick(rng: np.random.Generator, pool: Sequence[Scene] = SCENES) -> Scene:
 # The three kinds, as (scenes, meta) from a Generator.
 
 
-def document_plan(rng: np.random.Generator, index: int, shots: int) -> tuple[list[Scene], dict[str, Any]]:
+def document_plan(rng: np.random.Generator, index: int, shots: int,
+                  paired: bool = True) -> tuple[list[Scene], dict[str, Any]]:
     """2-3 scenes; an opening line, then each image's caption (and comparison with the one before)."""
-    del index, shots
+    del index, shots, paired
     scenes = [_pick(rng) for _ in range(int(rng.integers(2, 4)))]
     texts = [INTROS[int(rng.integers(len(INTROS)))]]
     texts += [describe(s, scenes[i - 1] if i else None) for i, s in enumerate(scenes)]
     return scenes, {"texts": texts}
 
 
-def question_plan(rng: np.random.Generator, index: int, shots: int) -> tuple[list[Scene], dict[str, Any]]:
+def question_plan(rng: np.random.Generator, index: int, shots: int,
+                  paired: bool = True) -> tuple[list[Scene], dict[str, Any]]:
     """Types take turns by index; the answer is drawn first, then scenes that give it (rejection)."""
-    del shots
+    del shots, paired
     question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     candidates = ANSWERS[question_type]
     target = candidates[int(rng.integers(len(candidates)))]
@@ -190,12 +194,23 @@ def question_plan(rng: np.random.Generator, index: int, shots: int) -> tuple[lis
                     "candidates": list(candidates), "answer": candidates.index(target)}
 
 
-def fewshot_plan(rng: np.random.Generator, index: int, shots: int) -> tuple[list[Scene], dict[str, Any]]:
-    """Fresh attribute, values and words; demonstrations in pairs (one per class, shuffled), then the query."""
+def fewshot_plan(rng: np.random.Generator, index: int, shots: int,
+                 paired: bool = True) -> tuple[list[Scene], dict[str, Any]]:
+    """Fresh attribute, values and words; `shots` demonstrations, then the query.
+
+    `paired` (the stored episodes): demonstrations in pairs, one per class in random order, and the query's
+    class alternating with the index, so every even prefix shows both words and any prefix of episodes is
+    balanced. Unpaired (training's fresh episodes): every class drawn independently, so no demonstration's
+    word follows from its position (in pairs the second word is always the other one) and each word after
+    the first must come from matching images, or from the header when one class has not been shown.
+    """
     attribute = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
     values = [str(v) for v in rng.choice(sorted({attribute_value(s, attribute) for s in SCENES}), 2, replace=False)]
     words = [str(w) for w in rng.choice(NONSENSE_WORDS, 2, replace=False)]
-    classes = [int(c) for _ in range(shots // 2) for c in rng.permutation(2)] + [index % 2]
+    if paired:
+        classes = [int(c) for _ in range(shots // 2) for c in rng.permutation(2)] + [index % 2]
+    else:
+        classes = [int(c) for c in rng.integers(2, size=shots + 1)]
     scenes = [_pick(rng, scenes_with(attribute, values[c])) for c in classes]
     header = [words[i] for i in rng.permutation(2)]
     return scenes, {"attribute": attribute, "values": values, "words": words, "header": header,
@@ -203,13 +218,15 @@ def fewshot_plan(rng: np.random.Generator, index: int, shots: int) -> tuple[list
                     "question_type": "fewshot"}
 
 
-# (rng, index, shots) -> (scenes, meta) for each kind.
+# (rng, index, shots, paired) -> (scenes, meta) for each kind.
 PLANS = {"documents": document_plan, "questions": question_plan, "fewshot": fewshot_plan}
 
 
 def make_example(kind: str, split: str, index: int, image_size: int, seed: int,
-                 shots: int = SHOTS) -> dict[str, Any]:
+                 shots: int = SHOTS, paired: bool = True) -> dict[str, Any]:
     """Example `index` of a kind and split: {'images': uint8 [N, S, S, 3], 'meta': dict}.
+
+    `shots` and `paired` shape few-shot episodes (`fewshot_plan`); the other kinds ignore them.
 
     When a scene has no drawing in the split's half of image space (rare: a lone object at 32 px has
     ~34), the whole example is planned again from the next attempt's Generator.
@@ -217,7 +234,7 @@ def make_example(kind: str, split: str, index: int, image_size: int, seed: int,
     base = [seed, KINDS.index(kind), SPLITS.index(split), index]
     for attempt in range(MAX_REDRAWS):
         rng = np.random.default_rng([*base, attempt])
-        scenes, meta = PLANS[kind](rng, index, shots)
+        scenes, meta = PLANS[kind](rng, index, shots, paired)
         images = [draw_for_split(s, image_size, split, [*base, attempt, slot]) for slot, s in enumerate(scenes)]
         if all(image is not None for image in images):
             scene_lists = [[s.count, s.colour, s.shape, s.place] for s in scenes]
@@ -264,6 +281,34 @@ def _fewshot_pieces(meta: Mapping[str, Any], images: list[np.ndarray], shots: in
     return [*pieces, images[-1], TextPiece(words[classes[-1]])]
 
 
+def ideal_fewshot_accuracy(meta: Mapping[str, Any], shots: int) -> float:
+    """Expected accuracy on the episode of the Bayes-optimal reader of its first `shots` demonstrations.
+
+    The reader knows how episodes are made (an attribute, two distinct values of it, each image drawn
+    uniformly among the scenes with its class's value) but not which attribute, values or words; it names
+    the word of the likelier query class and scores 0.5 on a tie. The few-shot column it heads says how
+    much the demonstrations can tell: 0.5 at 0 shots by construction, ~0.98 at 4.
+    """
+    scenes, classes = [Scene(*s) for s in meta["scenes"]], meta["classes"]
+    evidence = np.zeros(2)  # Unnormalised posterior predictive of the query's class.
+    for attribute in ATTRIBUTES:
+        values = sorted({attribute_value(s, attribute) for s in SCENES})
+        for pair in ((v0, v1) for v0 in values for v1 in values if v0 != v1):
+            likelihood = 1.0 / (len(ATTRIBUTES) * len(values) * (len(values) - 1))
+            for scene, c in zip(scenes[:shots], classes[:shots]):
+                likelihood *= _scene_likelihood(scene, attribute, pair[c])
+            for c in (0, 1):
+                evidence[c] += likelihood * _scene_likelihood(scenes[-1], attribute, pair[c])
+    if evidence[0] == evidence[1]:
+        return 0.5
+    return float(int(np.argmax(evidence)) == classes[-1])
+
+
+def _scene_likelihood(scene: Scene, attribute: str, value: str) -> float:
+    """P(scene | its class's value): uniform over the scenes showing that value."""
+    return 1.0 / len(scenes_with(attribute, value)) if attribute_value(scene, attribute) == value else 0.0
+
+
 def tokenize_example(example: Mapping[str, Any], tokenizer: TextTokenizer, layout: VocabLayout,
                      patch_size: int = 16, **kwargs) -> TokenSequence:
     """The whole example, `<bos>` ... `<eos>` (kwargs: `example_pieces`'s shots, label_loss)."""
@@ -279,7 +324,9 @@ def answer_prompt(example: Mapping[str, Any], tokenizer: TextTokenizer, layout: 
     pieces = example_pieces(example, shots=shots)[:-1]
     prompt = interleaved.tokenize_interleaved(tokenizer, layout, pieces, patch_size, eos=False)
     question_type = meta["question_type"] if shots is None else f"{meta['question_type']}_{shots}"
-    return TokenizedPrompt(prompt, tuple(meta["candidates"]), int(meta["answer"]), question_type)
+    ideal = None if meta["kind"] != "fewshot" else ideal_fewshot_accuracy(meta, len(example["images"]) - 1
+                                                                          if shots is None else shots)
+    return TokenizedPrompt(prompt, tuple(meta["candidates"]), int(meta["answer"]), question_type, ideal)
 
 
 def question_prompts(examples: Sequence[Mapping], tokenizer: TextTokenizer, layout: VocabLayout,
@@ -419,10 +466,55 @@ class InterleavedSource(sources.PackedExamples):
                                 label_loss=self.label_loss)
 
 
+class FreshEpisodes(Sequence):
+    """Few-shot training episodes made on demand, never stored: episode i is `make_example("fewshot", "train",
+    i, ...)` unpaired, with 1 + i % max_shots demonstrations, for i in [0, 2**31 - 1).
+
+    Training on a stored few thousand episodes lets a model learn those episodes (their images recur with
+    the same words) rather than reading words off the demonstrations; drawn from two billion, an episode
+    practically never recurs (about one repeat in 75k draws, a 2500-step run's worth), so only in-context
+    learning lowers the loss on the words. Images stay in the training half of image space (pixel hash),
+    as every training image does; a draw costs ~1 ms.
+    """
+
+    def __init__(self, image_size: int, seed: int, max_shots: int):
+        if max_shots < 1:
+            raise ValueError(f"config.data.fewshot_train_max_shots must be >= 1, got {max_shots}.")
+        self.image_size, self.seed, self.max_shots = image_size, seed, max_shots
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = range(len(self))[index]
+        return make_example("fewshot", "train", index, self.image_size, self.seed,
+                            shots=1 + index % self.max_shots, paired=False)
+
+
 def training_sources(data_dir: str | os.PathLike, kinds: Sequence[str], tokenizer: TextTokenizer,
-                     layout: VocabLayout, seq_len: int, patch_size: int = 16,
-                     label_loss: bool = False) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
-    """(train, test) sources named by kind, for the stream's mixture."""
-    make = lambda kind, split: InterleavedSource(load_documents(data_dir, split, kind), tokenizer, layout, seq_len,
-                                                 patch_size, label_loss=label_loss)
+                     layout: VocabLayout, seq_len: int, patch_size: int = 16, label_loss: bool = False,
+                     fresh_fewshot_shots: int = 0) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
+    """(train, test) sources named by kind, for the stream's mixture.
+
+    `fresh_fewshot_shots` > 0: training few-shot episodes are `FreshEpisodes` with up to that many
+    demonstrations, drawn with the stored dataset's image size and seed (the stored train split is unused);
+    held-out episodes are always the stored test split.
+    """
+    def make(kind: str, split: str) -> InterleavedSource:
+        if kind == "fewshot" and split == "train" and fresh_fewshot_shots > 0:
+            params = captions.stored_params(documents_path(data_dir)) or {}
+            if "image_size" not in params:
+                raise FileNotFoundError(f"No documents dataset at {documents_path(data_dir)}.")
+            examples = FreshEpisodes(int(params["image_size"]), int(params["seed"]), fresh_fewshot_shots)
+            source = InterleavedSource(examples, tokenizer, layout, seq_len, patch_size, label_loss=label_loss,
+                                       cache_size=0)  # Each is drawn about once: keeping them would only cost memory.
+            longest = source.tokenize(fresh_fewshot_shots - 1).length  # Episode i has 1 + i % max demonstrations.
+            if longest > seq_len:
+                raise ValueError(f"A fresh few-shot episode of {fresh_fewshot_shots} demonstrations is {longest} "
+                                 f"tokens, longer than seq_len {seq_len}: lower config.data.fewshot_train_max_shots "
+                                 "or raise config.seq_len.")
+            return source
+        return InterleavedSource(load_documents(data_dir, split, kind), tokenizer, layout, seq_len, patch_size,
+                                 label_loss=label_loss)
+
     return {k: make(k, "train") for k in kinds}, {k: make(k, "test") for k in kinds}

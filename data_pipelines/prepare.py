@@ -130,6 +130,8 @@ def datasets(config: ml_collections.ConfigDict) -> dict[str, Dataset]:
                     "caption_lines": corpus.CAPTION_LINES}
         if mixes_documents(config):  # Recorded only then, so the other experiments keep their tokenizer.
             settings["document_lines"] = DOCUMENT_LINES
+            if "fewshot" in d.mixture:  # Its labels one token each; other experiments keep their tokenizer.
+                settings["whole_words"] = list(documents.NONSENSE_WORDS)
         out["text"] = Dataset("text", settings, ("text/train.txt", str(model)))
     if any(name in d.mixture for name in CAPTION_SOURCES):
         info = captions.captions_path("") / "dataset_info.json"
@@ -236,7 +238,8 @@ def document_settings(config: ml_collections.ConfigDict) -> dict:
 def _build_text(config, ds: Dataset, where: Path, progress: bool) -> None:
     corpus.prepare_text(where, vocab_size=config.data.text_vocab_size, progress=progress,
                         test_fraction=ds.settings["test_fraction"],
-                        document_lines=ds.settings.get("document_lines", 0))
+                        document_lines=ds.settings.get("document_lines", 0),
+                        whole_words=ds.settings.get("whole_words", ()))
 
 
 def _build_captions(config, ds: Dataset, where: Path, progress: bool) -> None:

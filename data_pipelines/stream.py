@@ -368,7 +368,8 @@ def _document_sources(config, root: str | os.PathLike | None, layout: VocabLayou
         return {}, {}
     try:
         return documents.training_sources(root, kinds, tokenizer, layout, config.seq_len, config.model.patch_size,
-                                          label_loss=bool(config.data.fewshot_label_loss))
+                                          label_loss=bool(config.data.fewshot_label_loss),
+                                          fresh_fewshot_shots=int(config.data.fewshot_train_max_shots))
     except FileNotFoundError as e:
         raise missing("documents dataset", documents.documents_path(root)) from e
 

@@ -179,6 +179,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.document_train_examples = 3000
     c.data.document_test_examples = 300
     c.data.fewshot_label_loss = False  # Also train on the demonstrations' words, not only the query's.
+    # Training few-shot episodes are made afresh on demand, with 1 to this many demonstrations and classes
+    # drawn independently (documents.FreshEpisodes): practically none recurs, so none is memorised. 0 trains
+    # on the stored train split instead (4 demonstrations in pairs, as the held-out episodes).
+    c.data.fewshot_train_max_shots = 8
     c.data.caption_digits = True  # Mix scikit-learn's digits into captions (False: scenes only).
     # Delete every image position from the training and held-out examples (a text-only run whose decoder
     # then warm-starts a model.kind="prismer" run, which reads images only through cross-attention).
@@ -191,7 +195,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_steps = 2000  # Episode step cap at evaluation.
     c.eval.sticky_actions = 0.25  # ALE v5 repeat-action probability at evaluation.
     c.eval.prompted = True  # Pin a demonstration prompt at the front of the context.
-    c.eval.temperature = 1.0  # Action sampling temperature.
+    c.eval.temperature = 1.0  # Sampling temperature of discrete actions (Atari: sampling beat greedy play).
+    # Of continuous actions [D]: 0 takes each dimension's likeliest bin. Sampling 1024 bins at temperature 1
+    # dropped the InvertedPendulum pole within ~80 steps; greedy kept it up for all 1000 (README "Results").
+    c.eval.continuous_temperature = 0.0
     c.eval.caption_examples = 200  # Held-out captions scored for exact match.
     c.eval.question_examples = 280  # Held-out visual questions scored (40 of each of the 7 types).
     c.eval.fewshot_examples = 200  # Held-out few-shot episodes scored at each number of shots.

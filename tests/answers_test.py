@@ -11,6 +11,7 @@ from scipy import special
 
 from data_pipelines import documents
 from gato_jax.rollout import answers
+from gato_jax.rollout import report as report_lib
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.interleaved import TokenizedPrompt
 from gato_jax.tokenizers.vocab import VocabLayout
@@ -97,8 +98,18 @@ def test_accuracy_by_type_and_baselines():
     assert report["x"] == {"accuracy": 2 / 3, "chance": 0.5, "majority": 2 / 3, "count": 3}
     assert report["y"] == {"accuracy": 1.0, "chance": 0.25, "majority": 1.0, "count": 1}
     assert report["all"] == pytest.approx({"accuracy": 0.75, "chance": 0.4375, "majority": 0.75, "count": 4})
+    ideal = answers.accuracy_by_type([it._replace(ideal=v) for it, v in zip(items, [1.0, 0.5, 0.0, 1.0])], [0, 1, 1, 2])
+    assert ideal["x"]["ideal"] == pytest.approx(0.5) and ideal["all"]["ideal"] == pytest.approx(0.625)
     with pytest.raises(ValueError, match="at least one"):
         answers.answer_accuracy(lambda seq: np.zeros(len(seq.tokens)), [], None, None)
+
+
+def test_report_puts_the_ideal_reader_beside_fewshot_accuracy():
+    scores = {"accuracy": 0.5, "chance": 0.5, "majority": 0.5, "count": 8}
+    vl = {"questions": {"count": scores}, "fewshot": {"fewshot_4": scores | {"ideal": 0.975}}}
+    md = report_lib.markdown({"vision_language": vl})
+    assert "| fewshot | examples | accuracy | chance | majority | Bayes-optimal reader |" in md and "0.975" in md
+    assert "| questions | examples | accuracy | chance | majority |" in md
 
 
 def test_logits_scorer_uses_only_masked_targets():

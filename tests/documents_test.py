@@ -136,6 +136,39 @@ def test_fewshot_words_are_assigned_afresh_every_episode():
     assert 0.3 < np.mean(header_first) < 0.7, "the header's order says nothing about the classes"
 
 
+def test_fresh_episodes_are_unpaired_varied_and_from_training_images():
+    fresh = documents.FreshEpisodes(SIZE, SEED, max_shots=5)
+    episodes = [fresh[i] for i in range(40)]
+    assert [len(ex["images"]) for ex in episodes] == [2 + i % 5 for i in range(40)], "1 to 5 demonstrations"
+    assert fresh[-1]["meta"] == fresh[len(fresh) - 1]["meta"] and fresh[7]["meta"] == episodes[7]["meta"]
+    demo_classes = [c for ex in episodes for c in ex["meta"]["classes"][:-1]]
+    assert 0.3 < np.mean(demo_classes) < 0.7
+    unpaired = [ex["meta"]["classes"][:2] for ex in episodes if len(ex["images"]) >= 3]
+    assert [0, 0] in unpaired or [1, 1] in unpaired, "no pair structure: a word's position says nothing"
+    for ex in episodes:
+        meta = ex["meta"]
+        for scene, c in zip(documents.example_scenes(ex), meta["classes"]):
+            assert expected_answer(meta["attribute"], [scene]) == meta["values"][c]
+        assert all(captions.image_split(image) == "train" for image in ex["images"])
+    with pytest.raises(ValueError, match="fewshot_train_max_shots"):
+        documents.FreshEpisodes(SIZE, SEED, max_shots=0)
+
+
+def test_ideal_reader_is_at_chance_without_demonstrations_and_near_perfect_with_four():
+    episodes = generated("fewshot", split="test", n=60)
+    ideal = {k: np.mean([documents.ideal_fewshot_accuracy(ex["meta"], k) for ex in episodes]) for k in (0, 1, 4)}
+    assert ideal[0] == 0.5, "no demonstrations: every word equally likely"
+    assert 0.5 < ideal[1] < ideal[4] and ideal[4] >= 0.9
+
+
+def test_ideal_reader_on_a_hand_made_episode():
+    red, blue, query = [1, "red", "square", "left"], [2, "blue", "circle", "right"], [3, "red", "triangle", "top"]
+    meta = {"scenes": [red, blue, query], "classes": [0, 1, 0]}
+    assert documents.ideal_fewshot_accuracy(meta, 2) == 1.0, "only colour agrees with both demonstrations"
+    assert documents.ideal_fewshot_accuracy({**meta, "classes": [0, 1, 1]}, 2) == 0.0
+    assert documents.ideal_fewshot_accuracy(meta, 0) == 0.5
+
+
 def test_training_text_covers_every_word():
     text_words = {w for line in documents.document_training_text(2000) for w in line.replace("?", " ").split()}
     used = set()
@@ -280,21 +313,29 @@ def test_fewshot_prompts_at_every_k(prepared, tokenizer, layout):
     episodes = documents.load_documents(data_dir, "test", "fewshot")
     items = documents.fewshot_prompts(episodes, tokenizer, layout, max_examples=5)
     assert [it.question_type for it in items] == [f"fewshot_{k}" for k in documents.EVAL_SHOTS for _ in range(5)]
-    for item in items:
+    for position, item in enumerate(items):
         k = int(item.question_type.split("_")[1])
         assert len(image_spans(item.prompt, layout)) == k + 1 and len(item.candidates) == 2
         assert not item.prompt.loss_mask.any()
         assert item.prompt.tokens[-1] == layout.special_id("</image>"), "the answer follows the query image"
+        assert item.ideal == documents.ideal_fewshot_accuracy(episodes[position % 5]["meta"], k)
     questions = documents.question_prompts(documents.load_documents(data_dir, "test", "questions"), tokenizer, layout)
     assert len(questions) == NUM_TEST and {q.question_type for q in questions} == set(documents.QUESTION_TYPES)
     with pytest.raises(ValueError, match="demonstrations"):
         documents.answer_prompt(episodes[0], tokenizer, layout, shots=documents.SHOTS + 2)
 
 
-def test_training_source_packs_whole_examples(prepared, tokenizer, layout):
+@pytest.mark.parametrize("fresh_shots", [0, 4])
+def test_training_source_packs_whole_examples(prepared, tokenizer, layout, fresh_shots):
     data_dir, _ = prepared
-    train, test = documents.training_sources(data_dir, documents.KINDS, tokenizer, layout, seq_len=128)
+    train, test = documents.training_sources(data_dir, documents.KINDS, tokenizer, layout, seq_len=128,
+                                             fresh_fewshot_shots=fresh_shots)
     assert set(train) == set(test) == set(documents.KINDS)
+    fresh = isinstance(train["fewshot"].examples, documents.FreshEpisodes)
+    assert fresh == bool(fresh_shots) and len(test["fewshot"].examples) == NUM_TEST, "held out: always stored"
+    if fresh_shots:
+        with pytest.raises(ValueError, match="lower config.data.fewshot_train_max_shots or raise config.seq_len"):
+            documents.training_sources(data_dir, ["fewshot"], tokenizer, layout, seq_len=40, fresh_fewshot_shots=8)
     for source in train.values():
         a, b = source(np.random.default_rng(0)), source(np.random.default_rng(0))
         assert a.length == 128 and all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -269,6 +269,26 @@ def test_agent_samples_valid_ids_and_compiles_once(loaded, monkeypatch):
     assert len(np.unique(ids_NxBxA[..., 0])) == 3  # All three moves sampled at a high temperature.
 
 
+def test_continuous_actions_take_their_likeliest_bin_while_discrete_ones_are_sampled(loaded):
+    agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN, temperature=3.0,
+                  continuous_temperature=0.0)
+    tokens = agent.actions
+    continuous = tokens.modality_A == Modality.CONTINUOUS
+    assert continuous.sum() == 2 and list(agent.temperature_A) == [3.0 if not c else 0.0 for c in continuous]
+    env = Corridor()
+    state, observation = agent.initial_state(), env.reset(seed=0)[0]
+    key, moves = jax.random.key(1), []
+    for _ in range(12):
+        key, act_key = jax.random.split(key)
+        state, out = agent.act(state, agent.observe([observation] * B), np.zeros(B, bool), act_key)
+        ids, logits = np.asarray(out.action_ids_BxA), np.asarray(out.logits_BxAxV)
+        for a in np.flatnonzero(continuous):
+            in_range = logits[:, a, tokens.lo_A[a]:tokens.hi_A[a]]
+            np.testing.assert_array_equal(ids[:, a], tokens.lo_A[a] + in_range.argmax(-1))
+        moves.append(ids[:, 0])
+    assert len(np.unique(moves)) > 1, "the discrete move is still sampled at temperature 3"
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def forward(graphdef, params, seq: TokenSequence, mask=None, distance=None) -> jax.Array:
     """The full forward pass, compiled once per shape for every test that uses it."""

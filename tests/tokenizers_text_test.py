@@ -68,6 +68,16 @@ def test_training_is_deterministic(tokenizer, corpus_path, tmp_path):
     assert _pieces(TextTokenizer.train(corpus_path, VOCAB, tmp_path / "again")) == _pieces(tokenizer)
 
 
+def test_whole_words_are_one_piece_at_a_word_start(tokenizer, corpus_path, tmp_path):
+    made_up = ("dax", "blicket", "zorp")  # Absent from the corpus: the trainer alone would spell them out.
+    tok = TextTokenizer.train(corpus_path, VOCAB, tmp_path / "words", whole_words=made_up)
+    for word in made_up:
+        assert len(tok.encode(word)) == 1 and len(tok.encode(f"the cat sees a {word}")) == \
+            len(tok.encode("the cat sees a")) + 1
+    assert tok.decode(tok.encode("a daxes zorp.")) == "a daxes zorp."
+    assert all(len(tokenizer.encode(w)) > 1 for w in made_up), "without whole_words they are spelled out"
+
+
 def test_model_proto_bytes_reload(tokenizer, tmp_path):
     reloaded = TextTokenizer.from_proto_bytes(tokenizer.model_proto_bytes())
     text = "The king reads two books at noon."

@@ -6,7 +6,8 @@ A = action tokens per timestep, P = prompt tokens, V = vocabulary (padded), S = 
 One timestep costs one jitted call (`Agent.act`): reset the cache rows whose environment started a
 new episode, decode one chunk holding the previous timestep's last action token and this observation,
 then for each of the A action tokens: mask its logits to its valid id range (docs/TOKEN_FORMAT.md
-"Deployment": only ids valid for the action field), sample (or argmax at temperature 0) and decode it
+"Deployment": only ids valid for the action field), sample at its field kind's temperature (or argmax at
+temperature 0: continuous actions by default, `config.eval.continuous_temperature`) and decode it
 so it enters the cache, except the last, which waits in `ActState.pending_B` for the next chunk.
 Deferring that write saves one model call per timestep (half of an Atari act step) and changes
 nothing the model sees: every token keeps its order and its distance to every other token (all write
@@ -88,8 +89,8 @@ def decode_last(model: Gato, chunk: TokenSequence, cache: KVCache) -> tuple[jax.
 
 
 def _act_fn(graphdef: Any, params: Any, state: ActState, obs: TokenSequence, reset_B: jax.Array,
-            key: jax.Array, actions: ActionTokens, temperature: jax.Array) -> tuple[ActState, ActOutput]:
-    """The pure act step (jitted by `Agent`): see the module docstring."""
+            key: jax.Array, actions: ActionTokens, temperature_A: jax.Array) -> tuple[ActState, ActOutput]:
+    """The pure act step (jitted by `Agent`): see the module docstring. `temperature_A`: one per action token."""
     model = nnx.merge(graphdef, params)
     cache = reset_to_pinned(state.cache, reset_B)
     patch_dim = obs.patches.shape[-1]
@@ -100,28 +101,28 @@ def _act_fn(graphdef: Any, params: Any, state: ActState, obs: TokenSequence, res
 
     def one_token(carry, xs):
         cache, logits_BxV = carry
-        lo, hi, modality, token_key = xs
+        lo, hi, modality, token_key, temperature = xs
         token_B = sample_in_range(token_key, logits_BxV, lo, hi, temperature)
         next_BxV, cache = decode_last(model, action_chunk(token_B, modality, patch_dim), cache)
         return (cache, next_BxV), (token_B, logits_BxV)
 
     keys_A = jax.random.split(key, actions.lo_A.shape[0])
-    xs = (actions.lo_A, actions.hi_A, actions.modality_A, keys_A)
+    xs = (actions.lo_A, actions.hi_A, actions.modality_A, keys_A, temperature_A)
     carry, tokens, logits = (cache, logits_BxV), [], []
     if actions.lo_A.shape[0] > 1:  # All but the last action token enter the cache now.
         carry, (tokens_AxB, logits_AxBxV) = jax.lax.scan(one_token, carry, jax.tree.map(lambda x: x[:-1], xs))
         tokens, logits = [tokens_AxB], [logits_AxBxV]
     cache, last_BxV = carry
-    last_B = sample_in_range(keys_A[-1], last_BxV, actions.lo_A[-1], actions.hi_A[-1], temperature)
+    last_B = sample_in_range(keys_A[-1], last_BxV, actions.lo_A[-1], actions.hi_A[-1], temperature_A[-1])
     tokens_AxB = jnp.concatenate(tokens + [last_B[None]], axis=0)
     logits_AxBxV = jnp.concatenate(logits + [last_BxV[None]], axis=0)
     return ActState(cache, last_B), ActOutput(tokens_AxB.T, jnp.swapaxes(logits_AxBxV, 0, 1))
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _act_jit(graphdef, params, state, obs, reset_B, key, actions, temperature):
+def _act_jit(graphdef, params, state, obs, reset_B, key, actions, temperature_A):
     """Shared by every Agent over the same architecture: one compile per (B, t, A, S), not per agent."""
-    return _act_fn(graphdef, params, state, obs, reset_B, key, actions, temperature)
+    return _act_fn(graphdef, params, state, obs, reset_B, key, actions, temperature_A)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
@@ -134,21 +135,27 @@ class Agent:
 
     Functional where it matters: `initial_state` and `act` take and return the `ActState` (cache and
     pending action token) and take an explicit RNG key; the agent object only holds constants (weights,
-    spec, sampling temperature). The act step compiles once per (B, t, A, S) (tests hold it to that with
+    spec, sampling temperatures). The act step compiles once per (B, t, A, S) (tests hold it to that with
     `chex.assert_max_traces` on `_act_fn`).
+
+    `temperature` applies to discrete action tokens and `continuous_temperature` (None: the same) to
+    continuous ones: sampling a 1024-bin action at temperature 1 adds noise that a balancing task does not
+    survive (README "Results"), while an Atari policy needs its sampling (greedy Atari play was worse).
     """
 
     def __init__(self, model: Gato, spec: TaskSpec, layout: VocabLayout, *, batch_size: int, cache_size: int,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, continuous_temperature: float | None = None):
         if spec.tokens_per_timestep > cache_size // 2:
             raise ValueError(f"A timestep of {spec.name!r} has {spec.tokens_per_timestep} tokens; a cache of "
                              f"{cache_size} slots needs at least twice that. Use a larger cache (config.seq_len).")
         self.spec, self.layout = spec, layout
         self.batch_size, self.cache_size = batch_size, cache_size
-        self.temperature = jnp.float32(temperature)
         self.model = model
         self.graphdef, self.params = nnx.split(model)
         self.actions = action_tokens(spec, layout)
+        continuous = temperature if continuous_temperature is None else continuous_temperature
+        self.temperature_A = jnp.asarray(np.where(self.actions.modality_A == Modality.CONTINUOUS, continuous,
+                                                  temperature), jnp.float32)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -184,7 +191,7 @@ class Agent:
         overlaps the model's step.
         """
         return _act_jit(self.graphdef, self.params, state, as_jax(obs), jnp.asarray(reset_B, bool), key,
-                        self.actions, self.temperature)
+                        self.actions, self.temperature_A)
 
     def decode_actions(self, action_ids_BxA) -> list[dict[str, np.ndarray]]:
         """Sampled ids -> one {field: value} action dict per row."""

@@ -99,23 +99,26 @@ def choose_answers(scorer: RowScorer, items: Sequence[TokenizedPrompt], tokenize
 
 
 def accuracy_by_type(items: Sequence[TokenizedPrompt], chosen: Sequence[int]) -> dict[str, dict[str, float]]:
-    """{question type: accuracy, chance, majority, count}, plus 'all': each averaged over every item
-    (its majority answers each type's commonest answer)."""
+    """{question type: accuracy, chance, majority, count (and ideal, where every item has one)}, plus 'all':
+    each averaged over every item (its majority answers each type's commonest answer)."""
     groups = collections.defaultdict(list)
     for item, pick in zip(items, chosen):
         groups[item.question_type].append((item, int(pick)))
     out = {name: _type_scores(pairs) for name, pairs in sorted(groups.items())}
     total = sum(s["count"] for s in out.values())
-    out["all"] = {key: sum(s[key] * s["count"] for s in out.values()) / total
-                  for key in ("accuracy", "chance", "majority")} | {"count": total}
+    keys = ("accuracy", "chance", "majority") + (("ideal",) if all("ideal" in s for s in out.values()) else ())
+    out["all"] = {key: sum(s[key] * s["count"] for s in out.values()) / total for key in keys} | {"count": total}
     return out
 
 
 def _type_scores(pairs: list[tuple[TokenizedPrompt, int]]) -> dict[str, float]:
     right = collections.Counter(item.candidates[item.answer] for item, _ in pairs)
-    return {"accuracy": float(np.mean([pick == item.answer for item, pick in pairs])),
-            "chance": float(np.mean([1.0 / len(item.candidates) for item, _ in pairs])),
-            "majority": right.most_common(1)[0][1] / len(pairs), "count": len(pairs)}
+    scores = {"accuracy": float(np.mean([pick == item.answer for item, pick in pairs])),
+              "chance": float(np.mean([1.0 / len(item.candidates) for item, _ in pairs])),
+              "majority": right.most_common(1)[0][1] / len(pairs), "count": len(pairs)}
+    if all(item.ideal is not None for item, _ in pairs):  # Few-shot: what the demonstrations allow.
+        scores["ideal"] = float(np.mean([item.ideal for item, _ in pairs]))
+    return scores
 
 
 def answer_accuracy(model: Gato | RowScorer, items: Sequence[TokenizedPrompt], tokenizer: TextTokenizer,

@@ -102,12 +102,13 @@ class EvalSettings(NamedTuple):
     prompted: bool
     temperature: float
     seed: int
+    continuous_temperature: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
         e = config.eval
         return cls(int(e.episodes), int(e.num_envs), int(e.max_steps), float(e.sticky_actions), bool(e.prompted),
-                   float(e.temperature), int(config.seed))
+                   float(e.temperature), int(config.seed), float(e.continuous_temperature))
 
 
 def references(name: str, metadata: Mapping) -> References:
@@ -133,14 +134,15 @@ def references(name: str, metadata: Mapping) -> References:
 # Control tasks.
 
 
-def make_agent(loaded: Loaded, name: str, batch_size: int, temperature: float) -> Agent:
+def make_agent(loaded: Loaded, name: str, batch_size: int, temperature: float,
+               continuous_temperature: float | None = None) -> Agent:
     if name not in loaded.task_specs:
         raise ValueError(f"The checkpoint has no task spec for {name!r} (it knows {sorted(loaded.task_specs)}); "
                          "evaluate with the mixture it was trained on.")
     spec = loaded.task_specs[name]
     return Agent(loaded.model, spec, loaded.layout, batch_size=batch_size,
                  cache_size=acting_cache_size(int(loaded.config.seq_len), spec.tokens_per_timestep),
-                 temperature=temperature)
+                 temperature=temperature, continuous_temperature=continuous_temperature)
 
 
 def acting_cache_size(seq_len: int, tokens_per_timestep: int) -> int:
@@ -155,7 +157,7 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
     `demos` are the held-out episodes prompts come from; loaded through `hooks` when not given.
     """
     num_envs = max(1, min(settings.num_envs, settings.episodes))
-    agent = make_agent(loaded, name, num_envs, settings.temperature)
+    agent = make_agent(loaded, name, num_envs, settings.temperature, settings.continuous_temperature)
     make = lambda seed: hooks.make_env(name, sticky_actions=settings.sticky_actions, max_steps=settings.max_steps,
                                        seed=seed)
     envs = EnvBatch(make, lambda action: hooks.action_to_env(name, action), agent.spec, num_envs=num_envs,

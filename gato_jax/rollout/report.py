@@ -147,13 +147,17 @@ def markdown(report: Mapping[str, Any]) -> str:
 
 
 def _vision_language_lines(vl: Mapping[str, Any]) -> list[str]:
-    """Held-out questions by type and few-shot episodes by shots, each beside chance and majority."""
+    """Held-out questions by type and few-shot episodes by shots, each beside chance and majority (and, for
+    few-shot, the Bayes-optimal reader of the demonstrations)."""
     lines = ["", f"## Vision and language (held-out scenes; {vl.get('method', '')})", ""]
     for section in ("questions", "fewshot"):
+        scores = sorted(vl.get(section, {}).items())
+        ideal = bool(scores) and all("ideal" in s for _, s in scores)
         rows = [[kind, s["count"], _fmt(s["accuracy"], 3), _fmt(s["chance"], 3), _fmt(s["majority"], 3)]
-                for kind, s in sorted(vl.get(section, {}).items())]
+                + ([_fmt(s["ideal"], 3)] if ideal else []) for kind, s in scores]
         if rows:
-            lines += _table([section, "examples", "accuracy", "chance", "majority"], rows)
+            lines += _table([section, "examples", "accuracy", "chance", "majority"]
+                            + (["Bayes-optimal reader"] if ideal else []), rows)
     if "fewshot_gain_4_over_0" in vl:
         lines += [f"4-shot minus 0-shot accuracy: {_fmt(vl['fewshot_gain_4_over_0'], 3)}", ""]
     return lines

@@ -45,6 +45,7 @@ class TokenizedPrompt(NamedTuple):
     candidates: tuple[str, ...]
     answer: int  # Index of the right candidate.
     question_type: str  # Accuracy is reported per type.
+    ideal: float | None = None  # A perfect reader's expected accuracy on this item (few-shot: Bayes-optimal).
 
 
 def _special(layout: VocabLayout, name: str, loss: bool, patch_size: int) -> TokenSequence:

@@ -9,6 +9,7 @@ whose characters the model has seen. The serialized model travels inside checkpo
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -45,11 +46,14 @@ class TextTokenizer:
         input_sentence_size: int = 200_000,  # Lines sampled from the corpus; keeps training to seconds.
         normalization: str = "identity",  # "nmt_nfkc" folds Unicode variants; identity keeps round trips exact.
         seed: int = 0,
+        whole_words: Sequence[str] = (),
     ) -> TextTokenizer:
         """Trains a unigram model on a one-sentence-per-line file; writes `<model_prefix>.model`.
 
         Deterministic for a given corpus and seed: the sentence sampler's seed is fixed and training runs
-        single-threaded (multi-threaded EM sums in a varying order).
+        single-threaded (multi-threaded EM sums in a varying order). Each of `whole_words` becomes one
+        piece when it starts a word ("▁dax"): made-up words too rare in the corpus for the unigram model to
+        keep would otherwise be spelled out, and a label that is one token is one step to copy.
         """
         if not os.path.exists(corpus_path):
             raise ValueError(f"Corpus {str(corpus_path)!r} does not exist.")
@@ -60,7 +64,7 @@ class TextTokenizer:
                 model_type="unigram", character_coverage=1.0, input_sentence_size=input_sentence_size,
                 shuffle_input_sentence=True, num_threads=1, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
                 normalization_rule_name=normalization, remove_extra_whitespaces=False, byte_fallback=False,
-                logstream=quiet,
+                logstream=quiet, user_defined_symbols=[f"▁{w}" for w in whole_words],
             )
         return cls(f"{model_prefix}.model")
 
