@@ -156,6 +156,12 @@ SCENES = tuple(s for s in captions.all_scenes() if not s.novel)  # The captions'
 
 
 @functools.cache
+def attribute_values(attribute: str) -> tuple[str, ...]:
+    """The values an attribute takes over the training scenes, sorted: what few-shot classes are drawn from."""
+    return tuple(sorted({attribute_value(s, attribute) for s in SCENES}))
+
+
+@functools.cache
 def scenes_with(attribute: str, value: str) -> tuple[Scene, ...]:
     return tuple(s for s in SCENES if attribute_value(s, attribute) == value)
 
@@ -205,7 +211,7 @@ def fewshot_plan(rng: np.random.Generator, index: int, shots: int,
     the first must come from matching images, or from the header when one class has not been shown.
     """
     attribute = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
-    values = [str(v) for v in rng.choice(sorted({attribute_value(s, attribute) for s in SCENES}), 2, replace=False)]
+    values = [str(v) for v in rng.choice(attribute_values(attribute), 2, replace=False)]
     words = [str(w) for w in rng.choice(NONSENSE_WORDS, 2, replace=False)]
     if paired:
         classes = [int(c) for _ in range(shots // 2) for c in rng.permutation(2)] + [index % 2]
@@ -292,7 +298,7 @@ def ideal_fewshot_accuracy(meta: Mapping[str, Any], shots: int) -> float:
     scenes, classes = [Scene(*s) for s in meta["scenes"]], meta["classes"]
     evidence = np.zeros(2)  # Unnormalised posterior predictive of the query's class.
     for attribute in ATTRIBUTES:
-        values = sorted({attribute_value(s, attribute) for s in SCENES})
+        values = attribute_values(attribute)
         for pair in ((v0, v1) for v0 in values for v1 in values if v0 != v1):
             likelihood = 1.0 / (len(ATTRIBUTES) * len(values) * (len(values) - 1))
             for scene, c in zip(scenes[:shots], classes[:shots]):
