@@ -102,7 +102,7 @@ class EvalSettings(NamedTuple):
     prompted: bool
     temperature: float
     seed: int
-    continuous_temperature: float = 0.0
+    continuous_temperature: float  # Of continuous action tokens (config.eval.continuous_temperature).
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
