@@ -37,6 +37,7 @@ candidates, answer, ...). Parameters live in the dataset's metadata; a build is 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -174,20 +175,20 @@ def _pick(rng: np.random.Generator, pool: Sequence[Scene] = SCENES) -> Scene:
 # The three kinds, as (scenes, meta) from a Generator.
 
 
-def document_plan(rng: np.random.Generator, index: int, shots: int,
-                  paired: bool = True) -> tuple[list[Scene], dict[str, Any]]:
+def document_plan(rng: np.random.Generator, index: int, shots: int, paired: bool = True,
+                  one_difference: bool = False) -> tuple[list[Scene], dict[str, Any]]:
     """2-3 scenes; an opening line, then each image's caption (and comparison with the one before)."""
-    del index, shots, paired
+    del index, shots, paired, one_difference
     scenes = [_pick(rng) for _ in range(int(rng.integers(2, 4)))]
     texts = [INTROS[int(rng.integers(len(INTROS)))]]
     texts += [describe(s, scenes[i - 1] if i else None) for i, s in enumerate(scenes)]
     return scenes, {"texts": texts}
 
 
-def question_plan(rng: np.random.Generator, index: int, shots: int,
-                  paired: bool = True) -> tuple[list[Scene], dict[str, Any]]:
+def question_plan(rng: np.random.Generator, index: int, shots: int, paired: bool = True,
+                  one_difference: bool = False) -> tuple[list[Scene], dict[str, Any]]:
     """Types take turns by index; the answer is drawn first, then scenes that give it (rejection)."""
-    del shots, paired
+    del shots, paired, one_difference
     question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]
     candidates = ANSWERS[question_type]
     target = candidates[int(rng.integers(len(candidates)))]
@@ -200,8 +201,8 @@ def question_plan(rng: np.random.Generator, index: int, shots: int,
                     "candidates": list(candidates), "answer": candidates.index(target)}
 
 
-def fewshot_plan(rng: np.random.Generator, index: int, shots: int,
-                 paired: bool = True) -> tuple[list[Scene], dict[str, Any]]:
+def fewshot_plan(rng: np.random.Generator, index: int, shots: int, paired: bool = True,
+                 one_difference: bool = False) -> tuple[list[Scene], dict[str, Any]]:
     """Fresh attribute, values and words; `shots` demonstrations, then the query.
 
     `paired` (the stored episodes): demonstrations in pairs, one per class in random order, and the query's
@@ -209,6 +210,11 @@ def fewshot_plan(rng: np.random.Generator, index: int, shots: int,
     balanced. Unpaired (training's fresh episodes): every class drawn independently, so no demonstration's
     word follows from its position (in pairs the second word is always the other one) and each word after
     the first must come from matching images, or from the header when one class has not been shown.
+
+    `one_difference` (an easier training episode): every image shows one base scene with only the
+    episode's attribute changed, so its images differ in nothing but what the words name and the query
+    matches its class's demonstrations exactly up to drawing jitter. Otherwise (the held-out episodes)
+    the other attributes are drawn afresh for every image.
     """
     attribute = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
     values = [str(v) for v in rng.choice(attribute_values(attribute), 2, replace=False)]
@@ -217,22 +223,44 @@ def fewshot_plan(rng: np.random.Generator, index: int, shots: int,
         classes = [int(c) for _ in range(shots // 2) for c in rng.permutation(2)] + [index % 2]
     else:
         classes = [int(c) for c in rng.integers(2, size=shots + 1)]
-    scenes = [_pick(rng, scenes_with(attribute, values[c])) for c in classes]
+    if one_difference:
+        class_scenes = _one_difference_scenes(rng, attribute, values)
+        scenes = [class_scenes[c] for c in classes]
+    else:
+        scenes = [_pick(rng, scenes_with(attribute, values[c])) for c in classes]
     header = [words[i] for i in rng.permutation(2)]
     return scenes, {"attribute": attribute, "values": values, "words": words, "header": header,
                     "classes": classes, "candidates": header, "answer": header.index(words[classes[-1]]),
                     "question_type": "fewshot"}
 
 
-# (rng, index, shots, paired) -> (scenes, meta) for each kind.
+def _one_difference_scenes(rng: np.random.Generator, attribute: str, values: Sequence[str]) -> list[Scene]:
+    """One scene per value: a random base scene with `attribute` set to it (both among SCENES)."""
+    field = "place" if attribute == "position" else attribute
+    while True:
+        base = _pick(rng)
+        scenes = [dataclasses.replace(base, **{field: _field_value(attribute, v)}) for v in values]
+        if not any(s.novel for s in scenes):
+            return scenes
+
+
+def _field_value(attribute: str, value: str) -> Any:
+    """The Scene field's value for an attribute's word ('two' -> 2 for count)."""
+    if attribute == "count":
+        return {w: n for n, w in COUNT_WORDS.items()}[value]
+    return value
+
+
+# (rng, index, shots, paired, one_difference) -> (scenes, meta) for each kind.
 PLANS = {"documents": document_plan, "questions": question_plan, "fewshot": fewshot_plan}
 
 
 def make_example(kind: str, split: str, index: int, image_size: int, seed: int,
-                 shots: int = SHOTS, paired: bool = True) -> dict[str, Any]:
+                 shots: int = SHOTS, paired: bool = True, one_difference: bool = False) -> dict[str, Any]:
     """Example `index` of a kind and split: {'images': uint8 [N, S, S, 3], 'meta': dict}.
 
-    `shots` and `paired` shape few-shot episodes (`fewshot_plan`); the other kinds ignore them.
+    `shots`, `paired` and `one_difference` shape few-shot episodes (`fewshot_plan`); the other kinds
+    ignore them.
 
     When a scene has no drawing in the split's half of image space (rare: a lone object at 32 px has
     ~34), the whole example is planned again from the next attempt's Generator.
@@ -240,7 +268,7 @@ def make_example(kind: str, split: str, index: int, image_size: int, seed: int,
     base = [seed, KINDS.index(kind), SPLITS.index(split), index]
     for attempt in range(MAX_REDRAWS):
         rng = np.random.default_rng([*base, attempt])
-        scenes, meta = PLANS[kind](rng, index, shots, paired)
+        scenes, meta = PLANS[kind](rng, index, shots, paired, one_difference)
         images = [draw_for_split(s, image_size, split, [*base, attempt, slot]) for slot, s in enumerate(scenes)]
         if all(image is not None for image in images):
             scene_lists = [[s.count, s.colour, s.shape, s.place] for s in scenes]
@@ -352,6 +380,27 @@ def fewshot_prompts(examples: Sequence[Mapping], tokenizer: TextTokenizer, layou
 
 # ----------------------------------------------------------------------------------------------------
 # The TFDS dataset.
+
+
+WORD_ROWS_FIRST_INDEX = 10**6  # Past every stored test index: these episodes are made, not stored.
+
+
+def fewshot_word_rows(data_dir: str | os.PathLike, tokenizer: TextTokenizer, layout: VocabLayout,
+                      patch_size: int, episodes: int, shots: int) -> list[TokenSequence]:
+    """Unpaired few-shot episodes of `shots` demonstrations on held-out images, every word loss-masked.
+
+    The loss of each demonstration's word says whether the model reads the ones before it: shaped like
+    the fresh training episodes (`FreshEpisodes`: classes drawn independently, so no word follows from its
+    position) but drawn from the test half of image space; a model that reads only the header ("dax or
+    wug?") pays ~ln 2 on every word, one that looks words up by their images pays less the more it has seen.
+    """
+    params = captions.stored_params(documents_path(data_dir)) or {}
+    if "image_size" not in params:
+        raise FileNotFoundError(f"No documents dataset at {documents_path(data_dir)}.")
+    size, seed = int(params["image_size"]), int(params["seed"])
+    return [tokenize_example(make_example("fewshot", "test", WORD_ROWS_FIRST_INDEX + i, size, seed, shots=shots,
+                                          paired=False), tokenizer, layout, patch_size, label_loss=True)
+            for i in range(episodes)]
 
 
 def tfds_split(kind: str, split: str) -> str:
@@ -481,37 +530,45 @@ class FreshEpisodes(Sequence):
     practically never recurs (about one repeat in 75k draws, a 2500-step run's worth), so only in-context
     learning lowers the loss on the words. Images stay in the training half of image space (pixel hash),
     as every training image does; a draw costs ~1 ms.
+
+    A share `one_difference` of them (drawn per index) are the easier kind whose images differ only in the
+    attribute the words name (`fewshot_plan`): there the query matches its class's demonstrations whole.
     """
 
-    def __init__(self, image_size: int, seed: int, max_shots: int):
+    def __init__(self, image_size: int, seed: int, max_shots: int, one_difference: float = 0.0):
         if max_shots < 1:
             raise ValueError(f"config.data.fewshot_train_max_shots must be >= 1, got {max_shots}.")
         self.image_size, self.seed, self.max_shots = image_size, seed, max_shots
+        self.one_difference = one_difference
 
     def __len__(self) -> int:
         return 2**31 - 1
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = range(len(self))[index]
+        easy = np.random.default_rng([self.seed, index]).random() < self.one_difference
         return make_example("fewshot", "train", index, self.image_size, self.seed,
-                            shots=1 + index % self.max_shots, paired=False)
+                            shots=1 + index % self.max_shots, paired=False, one_difference=bool(easy))
 
 
 def training_sources(data_dir: str | os.PathLike, kinds: Sequence[str], tokenizer: TextTokenizer,
                      layout: VocabLayout, seq_len: int, patch_size: int = 16, label_loss: bool = False,
-                     fresh_fewshot_shots: int = 0) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
+                     fresh_fewshot_shots: int = 0, one_difference: float = 0.0,
+                     ) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
     """(train, test) sources named by kind, for the stream's mixture.
 
     `fresh_fewshot_shots` > 0: training few-shot episodes are `FreshEpisodes` with up to that many
     demonstrations, drawn with the stored dataset's image size and seed (the stored train split is unused);
-    held-out episodes are always the stored test split.
+    held-out episodes are always the stored test split. `one_difference`: the share of them whose images
+    differ only in the named attribute (`FreshEpisodes`).
     """
     def make(kind: str, split: str) -> InterleavedSource:
         if kind == "fewshot" and split == "train" and fresh_fewshot_shots > 0:
             params = captions.stored_params(documents_path(data_dir)) or {}
             if "image_size" not in params:
                 raise FileNotFoundError(f"No documents dataset at {documents_path(data_dir)}.")
-            examples = FreshEpisodes(int(params["image_size"]), int(params["seed"]), fresh_fewshot_shots)
+            examples = FreshEpisodes(int(params["image_size"]), int(params["seed"]), fresh_fewshot_shots,
+                                     one_difference)
             source = InterleavedSource(examples, tokenizer, layout, seq_len, patch_size, label_loss=label_loss,
                                        cache_size=0)  # Each is drawn about once: keeping them would only cost memory.
             longest = source.tokenize(fresh_fewshot_shots - 1).length  # Episode i has 1 + i % max demonstrations.

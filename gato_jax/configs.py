@@ -183,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
     # drawn independently (documents.FreshEpisodes): practically none recurs, so none is memorised. 0 trains
     # on the stored train split instead (4 demonstrations in pairs, as the held-out episodes).
     c.data.fewshot_train_max_shots = 8
+    # Share of those fresh episodes whose images differ only in the attribute the words name (one base
+    # scene, the rest fixed): the query then matches its class's demonstrations whole, an easier lookup.
+    c.data.fewshot_train_one_difference = 0.0
     c.data.caption_digits = True  # Mix scikit-learn's digits into captions (False: scenes only).
     # Delete every image position from the training and held-out examples (a text-only run whose decoder
     # then warm-starts a model.kind="prismer" run, which reads images only through cross-attention).
@@ -202,6 +205,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.caption_examples = 200  # Held-out captions scored for exact match.
     c.eval.question_examples = 280  # Held-out visual questions scored (40 of each of the 7 types).
     c.eval.fewshot_examples = 200  # Held-out few-shot episodes scored at each number of shots.
+    # Unpaired episodes on held-out images whose every word's loss is reported (0: none), and their length.
+    c.eval.fewshot_word_episodes = 64
+    c.eval.fewshot_word_shots = 8
     c.eval.text_batches = 8  # Held-out text batches for perplexity.
     return c
 
@@ -241,6 +247,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.eval.caption_examples, c.eval.text_batches = 10, 1
     c.data.document_train_examples, c.data.document_test_examples = 60, 21
     c.eval.question_examples, c.eval.fewshot_examples = 14, 8
+    c.eval.fewshot_word_episodes, c.eval.fewshot_word_shots = 4, 2
 
 
 def finalize(c: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:

@@ -60,11 +60,13 @@ def vision_language_prompts(documents_dir: Path, tokenizer, layout, patch_size: 
 def data_hooks(dirs: Mapping[str, Path]) -> DataHooks:
     """The prepared captions, text and documents, cut and parsed as in training."""
     vl = functools.partial(vision_language_prompts, dirs["documents"]) if "documents" in dirs else None
+    words = functools.partial(documents.fewshot_word_rows, dirs["documents"]) if "documents" in dirs else None
     return DataHooks(
         load_captions=lambda split: captions.load_captions(dirs["captions"], split),
         load_text_split=lambda split: corpus.load_text_split(dirs["text"], split),
         unigram_baseline=lambda size: corpus.unigram_baseline(dirs["text"], size),
-        text_windows=sources.text_windows, parse_caption=captions.parse_caption, vision_language_prompts=vl)
+        text_windows=sources.text_windows, parse_caption=captions.parse_caption, vision_language_prompts=vl,
+        fewshot_word_rows=words)
 
 
 def eval_sources(config) -> EvalSources:

@@ -10,7 +10,7 @@ from documents_test import SEED, SIZE, small_tokenizer
 from scipy import special
 
 from data_pipelines import documents
-from gato_jax.rollout import answers
+from gato_jax.rollout import answers, checkpoint_eval
 from gato_jax.rollout import report as report_lib
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.interleaved import TokenizedPrompt
@@ -118,3 +118,26 @@ def test_logits_scorer_uses_only_masked_targets():
     logits = jax.nn.one_hot(jnp.array([[0, 3, 0, 0]]), 5) * 100.0  # Position 1 predicts token 3 surely.
     score = answers.logits_scorer(lambda s: jnp.broadcast_to(logits, (1, 4, 5)))(seq)
     np.testing.assert_allclose(score, [0.0], atol=1e-5)
+
+
+def word_rows(tokenizer, n: int, shots: int) -> list[seq_lib.TokenSequence]:
+    """Unpaired few-shot episodes with every word loss-masked (`documents.fewshot_word_rows` without a dataset)."""
+    return [documents.tokenize_example(documents.make_example("fewshot", "test", i, SIZE, SEED, shots=shots,
+                                                              paired=False), tokenizer, LAYOUT, label_loss=True)
+            for i in range(n)]
+
+
+def test_masked_token_nll_equals_an_unpadded_pass_and_feeds_the_word_summary(fns, tokenizer):
+    rows = word_rows(tokenizer, 3, shots=2)
+    per_row = answers.masked_token_nll(fns.model, rows, batch_size=2)  # Two batches, the second half blank.
+    for row, nll in zip(rows, per_row):
+        log_p_TxV = special.log_softmax(np.asarray(fns.forward(fns.state, seq_lib.stack([row])))[0].astype(np.float64),
+                                        axis=-1)
+        targets = np.flatnonzero(row.loss_mask[1:])
+        assert len(nll) == 2 + 1 + 1, "two demonstration words, the query's, <eos>"
+        np.testing.assert_allclose(nll, -log_p_TxV[targets, row.tokens[1:][targets]], rtol=1e-4, atol=1e-4)
+    summary = checkpoint_eval.fewshot_word_nll(fns.model, rows)
+    assert summary["episodes"] == 3 and summary["demonstrations"] == 2
+    np.testing.assert_allclose(summary["by_word"], np.mean([nll[:-1] for nll in per_row], axis=0), rtol=1e-6)
+    md = report_lib.markdown({"vision_language": {"fewshot_word_nll": summary}})
+    assert "3 unpaired 2-demonstration episodes on held-out images" in md and "0.693 = ln 2" in md

@@ -154,6 +154,23 @@ def test_fresh_episodes_are_unpaired_varied_and_from_training_images():
         documents.FreshEpisodes(SIZE, SEED, max_shots=0)
 
 
+def test_one_difference_episodes_vary_only_the_named_attribute():
+    fresh = documents.FreshEpisodes(SIZE, SEED, max_shots=4, one_difference=0.5)
+    episodes = [fresh[i] for i in range(60)]
+    easy = 0
+    for ex in episodes:
+        meta, scenes = ex["meta"], documents.example_scenes(ex)
+        for scene, c in zip(scenes, meta["classes"]):
+            assert expected_answer(meta["attribute"], [scene]) == meta["values"][c]
+        others = [a for a in documents.ATTRIBUTES if a != meta["attribute"]]
+        fixed = all(len({documents.attribute_value(s, a) for s in scenes}) == 1 for a in others)
+        easy += fixed and len({documents.attribute_value(s, meta["attribute"]) for s in scenes}) == 2
+        assert not any(s.novel for s in scenes)
+    assert 15 < easy < 45, f"about half the episodes vary one attribute only, got {easy} of 60"
+    assert all(documents.FreshEpisodes(SIZE, SEED, 4)[i]["meta"] == documents.make_example(
+        "fewshot", "train", i, SIZE, SEED, shots=1 + i % 4, paired=False)["meta"] for i in range(5))
+
+
 def test_ideal_reader_is_at_chance_without_demonstrations_and_near_perfect_with_four():
     episodes = generated("fewshot", split="test", n=60)
     ideal = {k: np.mean([documents.ideal_fewshot_accuracy(ex["meta"], k) for ex in episodes]) for k in (0, 1, 4)}
@@ -319,6 +336,14 @@ def test_fewshot_prompts_at_every_k(prepared, tokenizer, layout):
         assert not item.prompt.loss_mask.any()
         assert item.prompt.tokens[-1] == layout.special_id("</image>"), "the answer follows the query image"
         assert item.ideal == documents.ideal_fewshot_accuracy(episodes[position % 5]["meta"], k)
+    rows = documents.fewshot_word_rows(data_dir, tokenizer, layout, 16, episodes=3, shots=5)
+    for i, row in enumerate(rows):
+        assert len(image_spans(row, layout)) == 5 + 1 and int(row.loss_mask.sum()) == 5 + 1 + 1, "words, <eos>"
+        episode = documents.make_example("fewshot", "test", documents.WORD_ROWS_FIRST_INDEX + i, SIZE, SEED,
+                                         shots=5, paired=False)
+        assert all(captions.image_split(image) == "test" for image in episode["images"]), "held-out pixels"
+        np.testing.assert_array_equal(row.patches, documents.tokenize_example(episode, tokenizer, layout,
+                                                                              label_loss=True).patches)
     questions = documents.question_prompts(documents.load_documents(data_dir, "test", "questions"), tokenizer, layout)
     assert len(questions) == NUM_TEST and {q.question_type for q in questions} == set(documents.QUESTION_TYPES)
     with pytest.raises(ValueError, match="demonstrations"):

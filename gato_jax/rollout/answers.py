@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -73,9 +73,9 @@ def candidate_rows(item: TokenizedPrompt, tokenizer: TextTokenizer, layout: Voca
             for text in item.candidates]
 
 
-def score_rows(scorer: RowScorer, rows: Sequence[TokenSequence], batch_size: int = BATCH_ROWS) -> np.ndarray:
-    """float [R]: every row's score, rows grouped by length bucket into fixed [batch_size, bucket] batches."""
-    scores = np.zeros(len(rows), np.float64)
+def row_batches(rows: Sequence[TokenSequence], batch_size: int) -> Iterator[tuple[list[int], TokenSequence]]:
+    """(row indices, [batch_size, bucket] batch): rows grouped by length bucket, blank rows filling the
+    last batch of each bucket, so a jitted pass compiles once per bucket."""
     by_bucket = collections.defaultdict(list)
     for i, row in enumerate(rows):
         by_bucket[bucket(row.length)].append(i)
@@ -84,9 +84,38 @@ def score_rows(scorer: RowScorer, rows: Sequence[TokenSequence], batch_size: int
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             padded = [seq_lib.pad_to(rows[i], length) for i in chunk]
-            batch = seq_lib.stack(padded + [blank] * (batch_size - len(chunk)))
-            scores[chunk] = scorer(batch)[:len(chunk)]
+            yield chunk, seq_lib.stack(padded + [blank] * (batch_size - len(chunk)))
+
+
+def score_rows(scorer: RowScorer, rows: Sequence[TokenSequence], batch_size: int = BATCH_ROWS) -> np.ndarray:
+    """float [R]: every row's score, rows grouped by length bucket into fixed [batch_size, bucket] batches."""
+    scores = np.zeros(len(rows), np.float64)
+    for chunk, batch in row_batches(rows, batch_size):
+        scores[chunk] = scorer(batch)[:len(chunk)]
     return scores
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _model_token_nll(graphdef: Any, params: Any, seq: TokenSequence) -> jax.Array:
+    return token_nll(nnx.merge(graphdef, params)(seq)[:, :-1], seq.tokens[:, 1:])
+
+
+def masked_token_nll(model: Gato | Callable[[TokenSequence], jax.Array], rows: Sequence[TokenSequence],
+                     batch_size: int = BATCH_ROWS) -> list[np.ndarray]:
+    """Per row, the loss (nats) of each of its loss-masked tokens, in order: where in an example the model
+    pays, e.g. each demonstration's word of a few-shot episode. `model`: a Gato, or any `seq [B, T] ->
+    logits [B, T, V]` function."""
+    if isinstance(model, nnx.Module):
+        graphdef, params = nnx.split(model)
+        nll_fn = functools.partial(_model_token_nll, graphdef, params)
+    else:
+        nll_fn = jax.jit(lambda seq: token_nll(model(seq)[:, :-1], seq.tokens[:, 1:]))
+    out: list[np.ndarray] = [np.zeros(0)] * len(rows)
+    for chunk, batch in row_batches(rows, batch_size):
+        nll_BxT = np.asarray(nll_fn(as_jax(batch)))
+        for r, i in enumerate(chunk):
+            out[i] = nll_BxT[r][np.asarray(batch.loss_mask[r, 1:], bool)]
+    return out
 
 
 def choose_answers(scorer: RowScorer, items: Sequence[TokenizedPrompt], tokenizer: TextTokenizer,

@@ -83,6 +83,9 @@ class DataHooks(NamedTuple):
     # (tokenizer, layout, patch_size, max questions, max episodes) -> held-out multiple-choice prompts by
     # section: "questions" (typed by question) and "fewshot" (typed "fewshot_<k>"); KOSMOS-1 documents only.
     vision_language_prompts: Callable[..., Mapping[str, Sequence[TokenizedPrompt]]] | None = None
+    # (tokenizer, layout, patch_size, episodes, shots) -> unpaired few-shot episodes on held-out images with
+    # every word loss-masked, for the loss of each demonstration's word (`fewshot_word_nll`).
+    fewshot_word_rows: Callable[..., Sequence[TokenSequence]] | None = None
 
 
 class EvalSources(NamedTuple):
@@ -419,10 +422,12 @@ def _captions_and_text(loaded: Loaded, config, sources: EvalSources, hooks: Data
     return out
 
 
-def vision_language_scores(loaded: Loaded, prompts: Mapping[str, Sequence[TokenizedPrompt]]) -> dict[str, Any]:
+def vision_language_scores(loaded: Loaded, prompts: Mapping[str, Sequence[TokenizedPrompt]],
+                           word_rows: Sequence[TokenSequence] = ()) -> dict[str, Any]:
     """The `vision_language` section: multiple-choice accuracy (the candidate the model finds likeliest,
     `answers.answer_accuracy`) by question type on held-out scenes, and on held-out few-shot episodes
-    by number of shots, each beside chance and the majority answer."""
+    by number of shots, each beside chance and the majority answer; with `word_rows`, the mean loss of
+    each word of those episodes (`fewshot_word_nll`)."""
     out: dict[str, Any] = {"method": "likeliest of the closed answer set (question type's answers, or the "
                                      "episode's two words)"}
     for section, items in prompts.items():
@@ -433,7 +438,20 @@ def vision_language_scores(loaded: Loaded, prompts: Mapping[str, Sequence[Tokeni
     if shots:
         out["fewshot_gain_4_over_0"] = (fewshot.get("fewshot_4", {}).get("accuracy", math.nan)
                                         - fewshot.get("fewshot_0", {}).get("accuracy", math.nan))
+    if word_rows:
+        out["fewshot_word_nll"] = fewshot_word_nll(loaded.model, word_rows)
     return out
+
+
+def fewshot_word_nll(model: nnx.Module, rows: Sequence[TokenSequence]) -> dict[str, Any]:
+    """Mean loss of the k-th word (k = 1..shots, then the query's) over episodes whose every word is
+    loss-masked, `<eos>` left out. Word 1 can only be guessed from the header (ln 2 nats between its two
+    words); a model that reads the demonstrations pays less on later words. Says whether in-context
+    learning has begun long before accuracy moves."""
+    per_row = answers.masked_token_nll(model, rows)
+    words = np.stack([nll[:-1] for nll in per_row])  # Each row: shots words, the query's, then <eos>.
+    return {"episodes": len(rows), "demonstrations": words.shape[1] - 1, "header_only": math.log(2),
+            "by_word": [float(x) for x in words.mean(axis=0)]}
 
 
 def _vision_language(loaded: Loaded, config, sources: EvalSources, hooks: DataHooks | None) -> dict:
@@ -441,9 +459,14 @@ def _vision_language(loaded: Loaded, config, sources: EvalSources, hooks: DataHo
         return {}
     if hooks is None or hooks.vision_language_prompts is None or loaded.tokenizer is None:
         raise ValueError("Evaluating vision and language needs DataHooks.vision_language_prompts and a tokenizer.")
-    prompts = hooks.vision_language_prompts(loaded.tokenizer, loaded.layout, int(loaded.config.model.patch_size),
+    patch_size = int(loaded.config.model.patch_size)
+    prompts = hooks.vision_language_prompts(loaded.tokenizer, loaded.layout, patch_size,
                                             int(config.eval.question_examples), int(config.eval.fewshot_examples))
-    return {"vision_language": vision_language_scores(loaded, prompts)}
+    word_rows = []
+    if hooks.fewshot_word_rows is not None and int(config.eval.fewshot_word_episodes) > 0:
+        word_rows = hooks.fewshot_word_rows(loaded.tokenizer, loaded.layout, patch_size,
+                                            int(config.eval.fewshot_word_episodes), int(config.eval.fewshot_word_shots))
+    return {"vision_language": vision_language_scores(loaded, prompts, word_rows)}
 
 
 def _is_prismer(loaded: Loaded) -> bool:

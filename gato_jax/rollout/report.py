@@ -160,6 +160,12 @@ def _vision_language_lines(vl: Mapping[str, Any]) -> list[str]:
                             + (["Bayes-optimal reader"] if ideal else []), rows)
     if "fewshot_gain_4_over_0" in vl:
         lines += [f"4-shot minus 0-shot accuracy: {_fmt(vl['fewshot_gain_4_over_0'], 3)}", ""]
+    if "fewshot_word_nll" in vl:
+        w = vl["fewshot_word_nll"]
+        lines += [f"Loss of each word (nats) in {w['episodes']} unpaired {w['demonstrations']}-demonstration "
+                  f"episodes on held-out images, demonstrations 1-{w['demonstrations']} then the query "
+                  f"({_fmt(w['header_only'], 3)} = ln 2 is reading the header only): "
+                  + " / ".join(_fmt(x, 2) for x in w["by_word"]), ""]
     return lines
 
 
