@@ -382,6 +382,14 @@ def fewshot_prompts(examples: Sequence[Mapping], tokenizer: TextTokenizer, layou
 # The TFDS dataset.
 
 
+def stored_drawing(data_dir: str | os.PathLike) -> tuple[int, int]:
+    """(image_size, seed) of the stored documents dataset, for episodes made beside it as it made its own."""
+    params = captions.stored_params(documents_path(data_dir)) or {}
+    if "image_size" not in params:
+        raise FileNotFoundError(f"No documents dataset at {documents_path(data_dir)}.")
+    return int(params["image_size"]), int(params["seed"])
+
+
 WORD_ROWS_FIRST_INDEX = 10**6  # Past every stored test index: these episodes are made, not stored.
 
 
@@ -394,10 +402,7 @@ def fewshot_word_rows(data_dir: str | os.PathLike, tokenizer: TextTokenizer, lay
     position) but drawn from the test half of image space; a model that reads only the header ("dax or
     wug?") pays ~ln 2 on every word, one that looks words up by their images pays less the more it has seen.
     """
-    params = captions.stored_params(documents_path(data_dir)) or {}
-    if "image_size" not in params:
-        raise FileNotFoundError(f"No documents dataset at {documents_path(data_dir)}.")
-    size, seed = int(params["image_size"]), int(params["seed"])
+    size, seed = stored_drawing(data_dir)
     return [tokenize_example(make_example("fewshot", "test", WORD_ROWS_FIRST_INDEX + i, size, seed, shots=shots,
                                           paired=False), tokenizer, layout, patch_size, label_loss=True)
             for i in range(episodes)]
@@ -546,7 +551,7 @@ class FreshEpisodes(Sequence):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = range(len(self))[index]
-        easy = np.random.default_rng([self.seed, index]).random() < self.one_difference
+        easy = self.one_difference > 0 and np.random.default_rng([self.seed, index]).random() < self.one_difference
         return make_example("fewshot", "train", index, self.image_size, self.seed,
                             shots=1 + index % self.max_shots, paired=False, one_difference=bool(easy))
 
@@ -564,11 +569,7 @@ def training_sources(data_dir: str | os.PathLike, kinds: Sequence[str], tokenize
     """
     def make(kind: str, split: str) -> InterleavedSource:
         if kind == "fewshot" and split == "train" and fresh_fewshot_shots > 0:
-            params = captions.stored_params(documents_path(data_dir)) or {}
-            if "image_size" not in params:
-                raise FileNotFoundError(f"No documents dataset at {documents_path(data_dir)}.")
-            examples = FreshEpisodes(int(params["image_size"]), int(params["seed"]), fresh_fewshot_shots,
-                                     one_difference)
+            examples = FreshEpisodes(*stored_drawing(data_dir), fresh_fewshot_shots, one_difference)
             source = InterleavedSource(examples, tokenizer, layout, seq_len, patch_size, label_loss=label_loss,
                                        cache_size=0)  # Each is drawn about once: keeping them would only cost memory.
             longest = source.tokenize(fresh_fewshot_shots - 1).length  # Episode i has 1 + i % max demonstrations.
