@@ -37,7 +37,6 @@ candidates, answer, ...). Parameters live in the dataset's metadata; a build is 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -235,20 +234,15 @@ def fewshot_plan(rng: np.random.Generator, index: int, shots: int, paired: bool 
 
 
 def _one_difference_scenes(rng: np.random.Generator, attribute: str, values: Sequence[str]) -> list[Scene]:
-    """One scene per value: a random base scene with `attribute` set to it (both among SCENES)."""
-    field = "place" if attribute == "position" else attribute
+    """One scene per value: a random base scene with only `attribute` changed to it (all among SCENES)."""
+    others = [a for a in ATTRIBUTES if a != attribute]
     while True:
         base = _pick(rng)
-        scenes = [dataclasses.replace(base, **{field: _field_value(attribute, v)}) for v in values]
-        if not any(s.novel for s in scenes):
+        scenes = [next((s for s in scenes_with(attribute, v)
+                        if all(attribute_value(s, a) == attribute_value(base, a) for a in others)), None)
+                  for v in values]
+        if None not in scenes:  # A changed scene outside SCENES (a captions held-out pair): another base.
             return scenes
-
-
-def _field_value(attribute: str, value: str) -> Any:
-    """The Scene field's value for an attribute's word ('two' -> 2 for count)."""
-    if attribute == "count":
-        return {w: n for n, w in COUNT_WORDS.items()}[value]
-    return value
 
 
 # (rng, index, shots, paired, one_difference) -> (scenes, meta) for each kind.
