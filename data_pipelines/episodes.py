@@ -91,6 +91,8 @@ class Job:
     noise: RecordingNoise = RecordingNoise()
     noop_max: int = 0
     out_path: str | None = None  # Where to save the steps (.npz); None = only the return is needed.
+    frame_filter: str = "area"  # Atari frame resize filter (tasks.FRAME_FILTERS).
+    error_rate: float = 0.0  # > 0: execute a random other action on this share of steps (`ActionErrors`).
 
 
 def _seed(seed: int, task: str, role: int, index: int) -> int:
@@ -102,12 +104,13 @@ def _seed(seed: int, task: str, role: int, index: int) -> int:
 def play(job: Job) -> dict[str, Any]:
     """Plays one episode; saves its steps to job.out_path if set. Returns its summary."""
     env = tasks.make_env(job.task, sticky_actions=job.sticky_actions, max_steps=job.max_steps,
-                         seed=job.seed, frame_size=job.frame_size)
+                         seed=job.seed, frame_size=job.frame_size, frame_filter=job.frame_filter)
     policy = experts.make_policy(job.task, job.policy)
     rng = np.random.default_rng(job.seed)
     start, cpu = time.perf_counter(), time.process_time()
     try:
-        steps, terminated, noisy = _rollout(env, job.task, policy, job.noise.make(), rng, job.noop_max,
+        noise = experts.ActionErrors(job.error_rate) if job.error_rate else job.noise.make()
+        steps, terminated, noisy = _rollout(env, job.task, policy, noise, rng, job.noop_max,
                                             keep=job.out_path is not None)
     finally:
         env.close()
@@ -210,11 +213,12 @@ def _progress(items, enabled: bool, desc: str, total: int | None = None):
 
 def evaluate(name: str, policy: str, *, episodes: int = EVAL_EPISODES, max_steps: int, seed: int = 0,
              sticky_actions: float = tasks.EVAL_STICKY_ACTIONS, frame_size: int = 80,
-             workers: int | None = 1) -> list[float]:
-    """Returns of `episodes` episodes of the expert or random policy under evaluation settings."""
+             frame_filter: str = "area", error_rate: float = 0.0, workers: int | None = 1) -> list[float]:
+    """Returns of `episodes` episodes of the expert or random policy under evaluation settings; with
+    `error_rate` > 0 that share of the executed actions are random other ones (`experts.ActionErrors`)."""
     role = {"expert": 1, "random": 2}[policy]
-    jobs = [Job(name, policy, _seed(seed, name, role, i), max_steps, frame_size, sticky_actions)
-            for i in range(episodes)]
+    jobs = [Job(name, policy, _seed(seed, name, role, i), max_steps, frame_size, sticky_actions,
+                frame_filter=frame_filter, error_rate=error_rate) for i in range(episodes)]
     return [r["return"] for r in run_jobs(jobs, workers)]
 
 
@@ -309,19 +313,27 @@ def _example(task: str, episode: Mapping[str, Any]) -> dict:
 
 def settings(name: str, *, episodes: int, max_steps: int, frame_size: int, seed: int,
              min_return_fraction: float, eval_episodes: int = EVAL_EPISODES,
-             patch_size: int = 16, noise: RecordingNoise = RecordingNoise()) -> dict[str, Any]:
-    """Everything that determines a dataset; a dataset with equal settings is not rebuilt."""
-    return {"task": name, "episodes": int(episodes), "max_steps": int(max_steps),
-            "frame_size": int(frame_size), "patch_size": int(patch_size), "seed": int(seed),
-            "min_return_fraction": float(min_return_fraction), "eval_episodes": int(eval_episodes),
-            "noise": dataclasses.asdict(noise), "format": FORMAT}
+             patch_size: int = 16, noise: RecordingNoise = RecordingNoise(),
+             frame_filter: str = "area") -> dict[str, Any]:
+    """Everything that determines a dataset; a dataset with equal settings is not rebuilt.
+
+    `frame_filter` enters only where it changes the data (an Atari task, a filter other than "area", the
+    only one before the option existed), so datasets recorded before it keep their settings and folders.
+    """
+    out = {"task": name, "episodes": int(episodes), "max_steps": int(max_steps),
+           "frame_size": int(frame_size), "patch_size": int(patch_size), "seed": int(seed),
+           "min_return_fraction": float(min_return_fraction), "eval_episodes": int(eval_episodes),
+           "noise": dataclasses.asdict(noise), "format": FORMAT}
+    if frame_filter != "area" and tasks.get_task(name).kind == "atari":
+        out["frame_filter"] = str(frame_filter)
+    return out
 
 
 def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_steps: int,
                  frame_size: int = 80, seed: int = 0, min_return_fraction: float = 0.8,
                  progress: bool = True, workers: int | None = None,
                  eval_episodes: int = EVAL_EPISODES, patch_size: int = 16,
-                 noise: RecordingNoise = RecordingNoise()) -> Path:
+                 noise: RecordingNoise = RecordingNoise(), frame_filter: str = "area") -> Path:
     """Records, scores, filters and writes one task's dataset; returns its directory.
 
     Idempotent: when the dataset exists with the same settings this does nothing. The dataset is
@@ -329,7 +341,7 @@ def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_s
     """
     wanted = settings(name, episodes=episodes, max_steps=max_steps, frame_size=frame_size, seed=seed,
                       min_return_fraction=min_return_fraction, eval_episodes=eval_episodes,
-                      patch_size=patch_size, noise=noise)
+                      patch_size=patch_size, noise=noise, frame_filter=frame_filter)
     final = dataset_dir(data_dir, name)
     if _existing_settings(final) == wanted:
         return final
@@ -362,10 +374,12 @@ def _record_and_score(name: str, episode_dir: Path, wanted: Mapping, noise: Reco
     episode_dir.mkdir(parents=True)
     kind = tasks.get_task(name).kind
     seed, cap, size = wanted["seed"], wanted["max_steps"], wanted["frame_size"]
+    frame_filter = wanted.get("frame_filter", "area")
     record = [Job(name, "expert", _seed(seed, name, 0, i), cap, size, tasks.RECORD_STICKY_ACTIONS,
-                  noise, NOOP_MAX if kind == "atari" else 0, str(episode_dir / f"{i}.npz"))
+                  noise, NOOP_MAX if kind == "atari" else 0, str(episode_dir / f"{i}.npz"), frame_filter)
               for i in range(wanted["episodes"])]
-    score = [Job(name, policy, _seed(seed, name, role, i), cap, size, tasks.EVAL_STICKY_ACTIONS)
+    score = [Job(name, policy, _seed(seed, name, role, i), cap, size, tasks.EVAL_STICKY_ACTIONS,
+                 frame_filter=frame_filter)
              for role, policy in ((1, "expert"), (2, "random")) for i in range(wanted["eval_episodes"])]
     n_eval, n_rec = wanted["eval_episodes"], len(record)
     # Slow expert scoring first, cheap random episodes last: the pool stays busy to the end.

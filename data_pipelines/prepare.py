@@ -146,7 +146,8 @@ def datasets(config: ml_collections.ConfigDict) -> dict[str, Dataset]:
         out[name] = Dataset(name, episodes.settings(
             name, episodes=d.episodes_per_task, max_steps=d.max_episode_steps, frame_size=d.frame_size,
             seed=config.seed, min_return_fraction=d.min_return_fraction, eval_episodes=d.reference_episodes,
-            patch_size=config.model.patch_size, noise=recording_noise(config)), (str(info),))
+            patch_size=config.model.patch_size, noise=recording_noise(config),
+            frame_filter=d.get("frame_filter", "area")), (str(info),))
     return out
 
 
@@ -256,7 +257,7 @@ def _build_control(config, ds: Dataset, where: Path, progress: bool) -> None:
                           patch_size=config.model.patch_size, seed=config.seed,
                           min_return_fraction=config.data.min_return_fraction,
                           eval_episodes=config.data.reference_episodes, noise=recording_noise(config),
-                          progress=progress)
+                          frame_filter=config.data.get("frame_filter", "area"), progress=progress)
 
 
 def _build_shape_expert(config, ds: Dataset, where: Path, progress: bool) -> None:

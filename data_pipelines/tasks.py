@@ -8,7 +8,14 @@ Decisions [D] (docs/TOKEN_FORMAT.md leaves them open):
   the score bar and logos carry nothing the policy needs, and dropping them makes the resize factor ~2,
   so Pong's 2x4-pixel ball stays a full-intensity pixel), resized with PIL's area filter to
   frame_size x frame_size, one uint8 channel, no frame stacking (the transformer sees earlier frames in
-  context). None of these games flicker, so frames are not max-pooled.
+  context). None of these games flicker, so frames are not max-pooled over time.
+- `frame_filter` (`config.data.frame_filter`): "area" (PIL's box filter) averages each output pixel's
+  source rectangle, so a ball smaller than one output pixel, or straddling two, is drawn at a fraction of
+  its contrast (Breakout's 2x4 ball comes out at ~1/3 of its level). "salient" keeps, per output pixel, the
+  source pixel furthest from the frame's background (its commonest value): every object, bright or dark,
+  keeps its full contrast and shows where it is to the nearest output pixel. (A plain maximum would do
+  for Pong's and Breakout's bright balls but erodes dark objects on a light ground: Boxing's black boxer,
+  Freeway's cars.)
 - Recording uses sticky actions 0 (repeat_action_probability); evaluation uses 0.25 (ALE v5 default).
 - MuJoCo tasks observe the raw state vector ('state', mu-law companded) and act with 'action' scaled
   by the action bound, so tokenized actions live in [-1, 1].
@@ -30,6 +37,7 @@ from PIL import Image
 
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 
+FRAME_FILTERS = ("area", "salient")  # Values of `config.data.frame_filter` (module docstring).
 RECORD_STICKY_ACTIONS = 0.0  # repeat_action_probability when recording demonstrations.
 EVAL_STICKY_ACTIONS = 0.25  # repeat_action_probability when scoring (ALE v5 default).
 
@@ -114,22 +122,44 @@ class AtariFrame(gymnasium.ObservationWrapper):
     exactly the pixels it was trained on.
     """
 
-    def __init__(self, env: gymnasium.Env, size: int, rows: tuple[int, int] = (0, 210)):
+    def __init__(self, env: gymnasium.Env, size: int, rows: tuple[int, int] = (0, 210), frame_filter: str = "area"):
         super().__init__(env)
-        self.size, self.rows = size, rows
+        self.size, self.rows, self.frame_filter = size, rows, frame_filter
         self.observation_space = gymnasium.spaces.Dict(
             {"frame": gymnasium.spaces.Box(0, 255, (size, size, 1), np.uint8)})
 
     def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
-        return {"frame": resize_frame(observation, self.size, self.rows)}
+        return {"frame": resize_frame(observation, self.size, self.rows, self.frame_filter)}
 
 
-def resize_frame(screen_HxW: np.ndarray, size: int, rows: tuple[int, int] = (0, 210)) -> np.ndarray:
-    """One grayscale screen, cropped to rows [top, bottom), area-resized to uint8 [size, size, 1]."""
+def resize_frame(screen_HxW: np.ndarray, size: int, rows: tuple[int, int] = (0, 210),
+                 frame_filter: str = "area") -> np.ndarray:
+    """One grayscale screen, cropped to rows [top, bottom), resized to uint8 [size, size, 1] by `frame_filter`."""
     top, bottom = rows
     field = np.asarray(screen_HxW, np.uint8)[top:bottom]
-    image = Image.fromarray(field).resize((size, size), Image.Resampling.BOX)  # Area filter: keeps thin balls.
+    if frame_filter == "salient":
+        return salient_resize(field, size)[:, :, None]
+    if frame_filter != "area":
+        raise ValueError(f"Unknown frame filter {frame_filter!r}; set config.data.frame_filter to one of "
+                         f"{FRAME_FILTERS}.")
+    image = Image.fromarray(field).resize((size, size), Image.Resampling.BOX)
     return np.asarray(image, np.uint8)[:, :, None]
+
+
+def salient_resize(field_HxW: np.ndarray, size: int) -> np.ndarray:
+    """[size, size]: each output pixel is the pixel of its source rectangle furthest from the background.
+
+    The background is the field's commonest value. Output row i covers source rows
+    [floor(i H / size), floor((i + 1) H / size)) (the same for columns), so the rectangles tile the field;
+    where the field is smaller than `size` a rectangle is one source pixel. Ties keep the brighter pixel.
+    """
+    h, w = field_HxW.shape
+    rows, cols = (np.arange(size) * h) // size, (np.arange(size) * w) // size
+    brightest = np.maximum.reduceat(np.maximum.reduceat(field_HxW, rows, axis=0), cols, axis=1)
+    darkest = np.minimum.reduceat(np.minimum.reduceat(field_HxW, rows, axis=0), cols, axis=1)
+    background = np.bincount(field_HxW.ravel(), minlength=256).argmax()
+    keep_bright = brightest.astype(np.int32) - background >= background - darkest.astype(np.int32)
+    return np.where(keep_bright, brightest, darkest).astype(np.uint8)
 
 
 class StateVector(gymnasium.ObservationWrapper):
@@ -161,7 +191,7 @@ class SeededReset(gymnasium.Wrapper):
 
 
 def make_env(name: str, *, sticky_actions: float = EVAL_STICKY_ACTIONS, max_steps: int = 1000,
-             seed: int | None = None, frame_size: int = 80) -> gymnasium.Env:
+             seed: int | None = None, frame_size: int = 80, frame_filter: str = "area") -> gymnasium.Env:
     """A task's env, observations in the spec's format, truncated at `episode_limit(name, max_steps)`.
 
     sticky_actions only applies to Atari (ALE repeat_action_probability).
@@ -174,14 +204,14 @@ def make_env(name: str, *, sticky_actions: float = EVAL_STICKY_ACTIONS, max_step
         gymnasium.register_envs(ale_py)
         env = gymnasium.make(task.env_id, obs_type="grayscale", frameskip=4, full_action_space=False,
                              repeat_action_probability=sticky_actions, max_episode_steps=limit)
-        env = AtariFrame(env, frame_size, task.screen_rows)
+        env = AtariFrame(env, frame_size, task.screen_rows, frame_filter)
     else:
         env = StateVector(gymnasium.make(task.env_id, max_episode_steps=limit))
     return SeededReset(env, seed)
 
 
 def make_vector_env(name: str, num_envs: int, *, sticky_actions: float = EVAL_STICKY_ACTIONS,
-                    max_steps: int = 1000, seed: int = 0, frame_size: int = 80,
+                    max_steps: int = 1000, seed: int = 0, frame_size: int = 80, frame_filter: str = "area",
                     asynchronous: bool = False) -> gymnasium.vector.VectorEnv:
     """num_envs copies of `make_env` (env i seeded seed + i), autoreset on the step after an episode ends.
 
@@ -191,7 +221,7 @@ def make_vector_env(name: str, num_envs: int, *, sticky_actions: float = EVAL_ST
     """
     makers: list[Callable[[], gymnasium.Env]] = [
         (lambda i=i: make_env(name, sticky_actions=sticky_actions, max_steps=max_steps, seed=seed + i,
-                              frame_size=frame_size)) for i in range(num_envs)]
+                              frame_size=frame_size, frame_filter=frame_filter)) for i in range(num_envs)]
     cls = gymnasium.vector.AsyncVectorEnv if asynchronous else gymnasium.vector.SyncVectorEnv
     return cls(makers)
 

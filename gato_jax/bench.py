@@ -227,7 +227,8 @@ def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int |
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
     spec = task_spec(task, frame_size=config.data.frame_size, patch_size=config.model.patch_size)
     loaded = Loaded(model, config, layout, {task: spec}, None, 0, {})
-    hooks = task_hooks({}, int(config.data.frame_size))  # Environments only: no dataset is read.
+    # Environments only: no dataset is read.
+    hooks = task_hooks({}, int(config.data.frame_size), str(config.data.frame_filter))
     speeds = [measure_acting(loaded, task, hooks, num_envs=num_envs, steps=60, seed=i)
               for i in range(max(1, repeats // 2))]
     graphdef, state = nnx.split(model)

@@ -159,6 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.episodes_per_task = 100  # Expert episodes generated per control task.
     c.data.max_episode_steps = 1000  # Step cap when generating episodes.
     c.data.frame_size = 80  # Atari frames: grayscale, resized to frame_size x frame_size [D].
+    # How a frame is resized [D]: "area" averages each output pixel's source pixels (a ball smaller than a
+    # pixel fades), "salient" keeps the one furthest from the background (every object at full contrast);
+    # data_pipelines/tasks.py.
+    c.data.frame_filter = "area"
     c.data.prompt_prob = 0.25  # Fraction of control sequences prefixed by a demonstration prompt [P].
     c.data.prompt_end_fraction = 0.5  # Of prompts, the fraction taken from an episode's end [P].
     c.data.min_return_fraction = 0.8  # Keep episodes with return >= this fraction of the expert's [P].
@@ -202,6 +206,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Of continuous actions [D]: 0 takes each dimension's likeliest bin. Sampling 1024 bins at temperature 1
     # dropped the InvertedPendulum pole after 83 steps on average; greedy kept it up for all 1000 (README "Results").
     c.eval.continuous_temperature = 0.0
+    # Episodes of each discrete-action task's expert with the model's held-out error rate of random errors
+    # (report column "expert erring as often"); 0 skips them.
+    c.eval.matched_error_episodes = 30
     c.eval.caption_examples = 200  # Held-out captions scored for exact match.
     c.eval.question_examples = 280  # Held-out visual questions scored (40 of each of the 7 types).
     c.eval.fewshot_examples = 200  # Held-out few-shot episodes scored at each number of shots.
@@ -219,6 +226,7 @@ def cpu_experiment_config() -> ml_collections.ConfigDict:
     c.batch_size = 16
     c.num_train_steps = 3000  # ~1 s/step for cpu_small on 2 cores (README "Results"): under an hour.
     c.checkpoint_every = 400
+    c.max_checkpoints_to_keep = 10  # All 8 of a 3000-step run (45 MB each): `make eval ARGS=--curve` reads them.
     c.eval_every = 250
     c.vocab.text_size = 1000
     c.data.text_vocab_size = 1000
@@ -244,6 +252,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.data.episodes_per_task, c.data.max_episode_steps, c.data.reference_episodes = 3, 200, 2
     c.data.caption_train_examples, c.data.caption_test_examples = 200, 40
     c.eval.episodes, c.eval.num_envs, c.eval.max_steps = 2, 2, 100
+    c.eval.matched_error_episodes = 2
     c.eval.caption_examples, c.eval.text_batches = 10, 1
     c.data.document_train_examples, c.data.document_test_examples = 60, 21
     c.eval.question_examples, c.eval.fewshot_examples = 14, 8

@@ -1,6 +1,8 @@
 """`make eval`: `python -m gato_jax.evaluate --config experiments/NAME.py --workdir runs/NAME [--step N]`.
 
 Any config field can be overridden, e.g. `--config.eval.episodes=10 --config.eval.prompted=False`.
+`--curve` instead measures held-out action accuracy at every checkpoint (learning curves, no rollouts):
+WORKDIR/eval/heldout_curve.{json,md,png}.
 
 Checks the inputs (config values, a checkpoint in the workdir that this config's vocabulary matches, the
 held-out data of every task), loads the checkpoint's parameters, wires environments, episodes and
@@ -15,14 +17,16 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import gymnasium
 from absl import flags
 
-from data_pipelines import captions, corpus, documents, episodes, prepare, sources, tasks
+from data_pipelines import captions, corpus, documents, episodes, experts, prepare, sources, tasks
 from gato_jax import cli
 from gato_jax.errors import DataError
-from gato_jax.load import load_checkpoint, read_meta
+from gato_jax.load import checkpoint_steps, load_checkpoint, read_meta
 from gato_jax.logs import quiet_libraries
-from gato_jax.rollout.checkpoint_eval import DataHooks, EvalSources, TaskHooks, evaluate_checkpoint
+from gato_jax.rollout import report as report_lib
+from gato_jax.rollout.checkpoint_eval import DataHooks, EvalSources, TaskHooks, evaluate_checkpoint, heldout_curve
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train.checkpoint import CheckpointMeta
 
@@ -34,17 +38,30 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/; the report goes to WORKDIR/eval.",
                         flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest readable).", flag_values=fv)
+    flags.DEFINE_bool("curve", False, "Held-out action accuracy of every control task at every checkpoint "
+                      "(learning curves) instead of the full evaluation.", flag_values=fv)
 
 
-def task_hooks(dirs: Mapping[str, Path], frame_size: int) -> TaskHooks:
-    """Real environments (Atari frames of the size the model trained on) and the prepared episodes."""
+def task_hooks(dirs: Mapping[str, Path], frame_size: int, frame_filter: str = "area") -> TaskHooks:
+    """Real environments (Atari frames of the size and filter the model trained on) and the prepared episodes."""
     return TaskHooks(
-        make_env=functools.partial(tasks.make_env, frame_size=frame_size),
+        make_env=functools.partial(tasks.make_env, frame_size=frame_size, frame_filter=frame_filter),
         action_to_env=tasks.action_to_env,
         load_episodes=lambda name, split: episodes.load_episodes(dirs[name], name, split),
         load_metadata=lambda name: episodes.load_metadata(dirs[name], name),
         windows=sources.control_windows,
-        make_vector_env=functools.partial(tasks.make_vector_env, frame_size=frame_size))
+        make_vector_env=functools.partial(tasks.make_vector_env, frame_size=frame_size, frame_filter=frame_filter),
+        expert_with_errors=lambda name, rate, **settings: episodes.evaluate(
+            name, "expert", error_rate=rate, frame_size=frame_size, frame_filter=frame_filter, workers=None,
+            **settings),
+        shadow_expert=shadow_expert)
+
+
+def shadow_expert(name: str, env, record):
+    """`env` with the task's expert asked in every state (`experts.ExpertShadow`); discrete actions only."""
+    if name not in experts.expert_factories() or not isinstance(env.action_space, gymnasium.spaces.Discrete):
+        return env
+    return experts.ExpertShadow(env, experts.make_policy(name), record)
 
 
 def vision_language_prompts(documents_dir: Path, tokenizer, layout, patch_size: int, max_questions: int,
@@ -89,6 +106,32 @@ def dataset_dirs(config, meta: CheckpointMeta) -> dict[str, Path]:
         raise DataError(f"{err} Evaluation reads each task's held-out episodes and reference returns.") from None
 
 
+def checkpoint_task_hooks(dirs: Mapping[str, Path], trained) -> TaskHooks:
+    """`task_hooks` with the frames a checkpoint trained on (`trained` is its config; checkpoints from
+    before `data.frame_filter` existed trained on area-filtered frames)."""
+    return task_hooks(dirs, int(trained.data.frame_size), str(trained.data.get("frame_filter", "area")))
+
+
+def _curve(config, workdir: str, dirs: Mapping[str, Path], layout: VocabLayout) -> int:
+    """`--curve`: held-out action accuracy of the experiment's control tasks at every checkpoint."""
+    names = prepare.control_tasks(config)
+    if not names:
+        raise cli.UsageError("--curve measures control tasks and this experiment's mixture has none; "
+                             "run make eval without --curve.")
+    hooks = checkpoint_task_hooks(dirs, read_meta(workdir, expected_layout=layout).config)
+    rows = heldout_curve(lambda step: load_checkpoint(workdir, step, expected_layout=layout),
+                         checkpoint_steps(workdir), names, hooks)
+    out = Path(workdir) / EVAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    report_lib.write_json(str(out / "heldout_curve.json"), {"workdir": workdir, "rows": rows})
+    report_lib.write_curve_chart(str(out / "heldout_curve.png"), rows)
+    text = report_lib.curve_markdown(rows)
+    (out / "heldout_curve.md").write_text(text)
+    print(text)
+    print(f"Curve: {out / 'heldout_curve.json'} (chart heldout_curve.png)")
+    return 0
+
+
 def _main(argv: list[str]) -> int:
     parsed = cli.parse(argv, _define, prog=PROG, required=("workdir",))
     config, workdir = parsed.config, parsed.flags["workdir"]
@@ -99,10 +142,11 @@ def _main(argv: list[str]) -> int:
     quiet_libraries()
     layout = VocabLayout.from_config(config)
     dirs = dataset_dirs(config, read_meta(workdir, parsed.flags["step"], expected_layout=layout))
+    if parsed.flags["curve"]:
+        return _curve(config, workdir, dirs, layout)
     loaded = load_checkpoint(workdir, parsed.flags["step"], expected_layout=layout)
-    hooks = task_hooks(dirs, int(loaded.config.data.frame_size))
-    report = evaluate_checkpoint(loaded, config, os.path.join(workdir, EVAL_DIR), eval_sources(config), hooks,
-                                 data_hooks(dirs))
+    report = evaluate_checkpoint(loaded, config, os.path.join(workdir, EVAL_DIR), eval_sources(config),
+                                 checkpoint_task_hooks(dirs, loaded.config), data_hooks(dirs))
     with open(report["files"]["md"]) as f:
         print(f.read())
     print(f"Report: {report['files']['json']}")

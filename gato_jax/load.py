@@ -71,6 +71,15 @@ def read_meta(workdir_or_path: str, step: int | None = None, *,
         checkpointer.close()
 
 
+def checkpoint_steps(workdir_or_path: str) -> list[int]:
+    """Every complete checkpoint's step in a workdir, ascending (CheckpointError when there is none)."""
+    checkpointer = Checkpointer(workdir_or_path, read_only=True)
+    try:
+        return checkpointer.all_steps()
+    finally:
+        checkpointer.close()
+
+
 def load_checkpoint(workdir_or_path: str, step: int | None = None, *,
                     expected_layout: VocabLayout | None = None) -> Loaded:
     """Restores the parameters of a checkpoint (the latest readable one, or `step`) from a workdir or its

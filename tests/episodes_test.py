@@ -136,3 +136,51 @@ def test_corrupt_record_names_file_and_record(data_dir, tmp_path):
     loaded = episodes.load_episodes(tmp_path, "control_reacher")
     with pytest.raises(episodes.CorruptRecordError, match=rf"record 0 of {path}"):
         loaded[0]
+
+
+def test_salient_filter_keeps_small_objects_at_full_contrast():
+    field = np.full((160, 160), 87, np.uint8)  # Pong's ground.
+    field[101:105, 61:63] = 236  # A bright 2x4 ball, straddling two output pixels in x.
+    field[11:13, 21:23] = 0  # A dark 2x2 object (Boxing's black boxer, Freeway's cars on a light road).
+    area, salient = (tasks.resize_frame(field, 80, (0, 160), f)[..., 0] for f in tasks.FRAME_FILTERS)
+    assert area.max() < 236 and salient.max() == 236 and salient.min() == 0
+    assert set(zip(*np.nonzero(salient == 236))) == {(50, 30), (50, 31), (51, 30), (51, 31), (52, 30), (52, 31)}
+    assert set(zip(*np.nonzero(salient == 0))) == {(5, 10), (5, 11), (6, 10), (6, 11)}
+    assert np.count_nonzero(salient != 87) == 10  # The ground stays the ground.
+
+
+def test_salient_resize_takes_each_rectangles_pixel_furthest_from_the_background():
+    rng = np.random.default_rng(0)
+    field = np.where(rng.random((182, 160)) < 0.7, 120, rng.integers(0, 256, (182, 160))).astype(np.uint8)
+    out = tasks.salient_resize(field, 80)  # Freeway's field: 182 rows, not a multiple of 80.
+    edges = lambda n: (np.arange(81) * n) // 80
+    rows, cols = edges(182), edges(160)
+
+    def furthest(block: np.ndarray) -> int:
+        hi, lo = int(block.max()), int(block.min())
+        return hi if hi - 120 >= 120 - lo else lo
+
+    expected = [[furthest(field[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]) for j in range(80)] for i in range(80)]
+    np.testing.assert_array_equal(out, np.array(expected, np.uint8))
+
+
+def test_frame_filter_enters_atari_settings_only_when_it_changes_the_data():
+    base = dict(episodes=2, max_steps=50, frame_size=80, seed=0, min_return_fraction=0.8)
+    assert episodes.settings("atari_pong", **base, frame_filter="area") == episodes.settings("atari_pong", **base)
+    assert "frame_filter" not in episodes.settings("atari_pong", **base)  # Datasets recorded before keep their key.
+    assert episodes.settings("atari_pong", **base, frame_filter="salient")["frame_filter"] == "salient"
+    assert "frame_filter" not in episodes.settings("control_reacher", **base, frame_filter="salient")
+
+
+def test_env_and_recorded_frames_use_the_frame_filter(tmp_path):
+    env = tasks.make_env("atari_freeway", sticky_actions=0.0, frame_filter="salient")
+    observation, _ = env.reset(seed=0)
+    top, bottom = tasks.get_task("atari_freeway").screen_rows
+    screen = env.unwrapped.ale.getScreenGrayscale()[top:bottom]
+    np.testing.assert_array_equal(observation["frame"][..., 0], tasks.salient_resize(screen, 80))
+    palette = set(np.unique(screen))  # The salient filter only shows source pixel values; area averages them.
+    for name in tasks.FRAME_FILTERS:
+        episodes.prepare_task("atari_freeway", tmp_path / name, **{**SETTINGS, "episodes": 1, "frame_filter": name})
+        frames = episodes.load_episodes(tmp_path / name, "atari_freeway", "train")[0]["steps"]["observation"]["frame"]
+        assert set(np.unique(frames)) <= palette if name == "salient" else not set(np.unique(frames)) <= palette
+    assert episodes.load_metadata(tmp_path / "salient", "atari_freeway")["settings"]["frame_filter"] == "salient"

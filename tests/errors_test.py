@@ -59,6 +59,8 @@ CASES = [
     ("seq_len_shorter_than_two_timesteps", "train", [*TRAIN, "--config.seq_len=40"], 2,
      "holds fewer than two timesteps of atari_boxing"),
     ("frame_not_in_patches", "data", [*SMOKE, "--config.data.frame_size=81"], 2, "not a multiple of"),
+    ("unknown_frame_filter", "data", [*SMOKE, "--config.data.frame_filter=bicubic"], 2,
+     "config.data.frame_filter = 'bicubic' is out of range: it must be 'area' or 'salient'"),
     ("mesh_larger_than_devices", "train", [*TRAIN, "--config.mesh.data=16"], 2, "does not fit the 8 devices"),
     ("batch_not_dividing_mesh", "train", [*TRAIN, "--config.batch_size=12", "--config.mesh.data=8"], 2,
      "does not divide over the 8 batch shards"),

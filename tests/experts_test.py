@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data_pipelines import experts, tasks
+from data_pipelines import episodes, experts, tasks
 from gato_jax.tokenizers.spec import FieldKind
 
 
@@ -226,3 +226,41 @@ def test_atari_experts_decide_each_step_from_the_last_few_screens(name):
         if terminated or truncated:
             break
     assert checked > 10
+
+
+def test_action_errors_replace_that_share_of_actions_by_random_other_ones():
+    env = tasks.make_env("atari_boxing", sticky_actions=0.0, max_steps=10, seed=0)
+    errors = experts.ActionErrors(0.3)
+    errors.reset(np.random.default_rng(0))
+    clean = {"action": np.int32(5)}
+    executed = [errors(env, clean) for _ in range(4000)]
+    wrong = [int(a["action"]) for a, is_error in executed if is_error]
+    assert all(a is clean for a, is_error in executed if not is_error)
+    assert 0.27 < len(wrong) / 4000 < 0.33 and 5 not in wrong and set(wrong) == set(range(18)) - {5}
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        experts.ActionErrors(1.5)
+
+
+def test_expert_at_an_error_rate_scores_between_random_and_itself():
+    run = lambda rate: episodes.evaluate("atari_freeway", "expert", episodes=1, max_steps=300, error_rate=rate)[0]
+    clean, erring, mostly_wrong = run(0.0), run(0.2), run(0.6)
+    assert clean > erring > mostly_wrong == 0.0  # Random play scores 0 in Freeway.
+
+
+def test_expert_shadow_reports_agreement_and_executes_the_players_action():
+    """The shadowing expert sees the player's states and is asked every step; the player's action runs."""
+    record = []
+    env = experts.ExpertShadow(tasks.make_env("atari_breakout", sticky_actions=0.0, max_steps=60, seed=0),
+                               experts.make_policy("atari_breakout"), record.append)
+    twin = tasks.make_env("atari_breakout", sticky_actions=0.0, max_steps=60, seed=0)
+    expert = experts.make_policy("atari_breakout")
+    observation, _ = env.reset(seed=0)
+    twin.reset(seed=0)
+    expert.reset(twin, np.random.default_rng(0))
+    wanted, played = [], [1, 1, 1, *([2, 2, 0, 3, 3, 0] * 10)]  # Serve, then sweep; the twin replays it.
+    for action in played:
+        wanted.append(int(expert.act(twin, {})["action"]))
+        observation, *_ = env.step(action)
+        twin.step(action)
+        np.testing.assert_array_equal(env.unwrapped.ale.getRAM(), twin.unwrapped.ale.getRAM())
+    assert record == [w == a for w, a in zip(wanted, played)] and any(record) and not all(record)

@@ -28,7 +28,7 @@ from flax import nnx
 
 from data_pipelines import captions, sources
 from gato_jax import configs
-from gato_jax.load import load_checkpoint, one_device_mesh
+from gato_jax.load import checkpoint_steps, load_checkpoint, one_device_mesh
 from gato_jax.model import cache as cache_lib
 from gato_jax.rollout import acting_speed, report
 from gato_jax.rollout import agent as agent_lib
@@ -456,10 +456,27 @@ def test_continuous_action_errors_are_in_action_units():
 def test_evaluate_writes_report_chart_and_video(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(eval_lib, "CAPTION_BATCH", 1)  # Shares the sampler's compiles with sample_test.
     out = str(tmp_path / "eval")
-    result = eval_lib.evaluate_checkpoint(loaded, tiny_config(), out, SOURCES, TASK_HOOKS, DATA_HOOKS, progress=False)
+    shadowed = []  # Whether the model agreed, for every step the shadow saw.
+
+    class MovesRight(gymnasium.Wrapper):
+        """A shadowing 'expert' that always wants move 2 (walk right)."""
+
+        def __init__(self, env, record):
+            super().__init__(env)
+            self.record = record
+
+        def step(self, action):
+            self.record(action == 2)
+            return self.env.step(action)
+
+    shadow = lambda name, env, tally: MovesRight(env, lambda agrees: (shadowed.append(agrees), tally(agrees)))
+    hooks = TASK_HOOKS._replace(shadow_expert=shadow)
+    result = eval_lib.evaluate_checkpoint(loaded, tiny_config(), out, SOURCES, hooks, DATA_HOOKS, progress=False)
     with open(os.path.join(out, "report.json")) as f:
         saved = json.load(f)
     task = saved["tasks"][TASK]
+    assert task["onpolicy_steps"] == len(shadowed) > 0
+    assert task["onpolicy_expert_agreement"] == pytest.approx(np.mean(shadowed))
     for key in ("episodes", "return_mean", "return_std", "random", "expert", "normalized", "prompted", "video"):
         assert key in task
     assert task["episodes"] == 3 and task["prompted"] is True and (task["random"], task["expert"]) == (-2.0, 0.5)
@@ -515,3 +532,47 @@ def test_measure_acting_counts_the_tokens_it_decodes(loaded, monkeypatch):
     per_step = B * (SPEC.tokens_per_timestep)
     assert speed.tokens_per_s == pytest.approx(3 * per_step) and speed.agent_env_steps_per_s == pytest.approx(3 * B)
     assert speed.num_envs == B and speed.compile_s == 1.0
+
+
+def test_matched_error_reference_plays_the_expert_at_the_models_error_rate():
+    calls = []
+
+    def expert_with_errors(name, rate, **settings):
+        calls.append((name, rate, settings))
+        return [1.0, 3.0]
+
+    hooks = TASK_HOOKS._replace(expert_with_errors=expert_with_errors)
+    refs = report.References(random=0.0, expert=4.0)
+    settings = eval_lib.EvalSettings(50, 25, 1000, 0.25, True, 1.0, 7, 0.0, matched_error_episodes=2)
+    pong = TaskSpec("atari_pong", (FieldSpec("frame", FieldKind.IMAGE, (16, 16, 1)),),
+                    (FieldSpec("action", FieldKind.DISCRETE, (), num_values=6),), patch_size=16)
+    out = eval_lib.matched_error_reference(pong, {"heldout_action_accuracy": 0.75}, refs, settings, hooks)
+    assert out == {"matched_error_expert": {"error_rate": 0.25, "episodes": 2, "return_mean": 2.0,
+                                            "return_std": 1.0, "normalized": 0.5}}
+    assert calls == [("atari_pong", 0.25, {"episodes": 2, "sticky_actions": 0.25, "max_steps": 1000, "seed": 7})]
+    row = report.markdown({"tasks": {"atari_pong": {**report.task_scores([1.0], refs, prompted=True), **out}}})
+    assert "expert erring as often" in row and "| 0.50 (0.25, 2) |" in row
+    # Continuous actions (no error rate), no episodes asked for, or no hook: nothing.
+    assert eval_lib.matched_error_reference(SPEC, {"heldout_action_accuracy": 0.75}, refs, settings, hooks) == {}
+    assert eval_lib.matched_error_reference(pong, {"heldout_action_accuracy": 0.75}, refs,
+                                            settings._replace(matched_error_episodes=0), hooks) == {}
+    assert eval_lib.matched_error_reference(pong, {"heldout_action_accuracy": 0.75}, refs, settings, TASK_HOOKS) == {}
+
+
+def test_heldout_curve_measures_every_checkpoint_on_the_same_windows(tmp_path):
+    _, state, tokenizer = tiny_checkpoint()
+    workdir = str(tmp_path / "run")
+    for step in (1, 3):  # Two checkpoints of different weights: each row must be its own checkpoint's accuracy.
+        shifted = state if step == 1 else state._replace(params=jax.tree.map(lambda p: p * 1.5, state.params))
+        save_checkpoint(workdir, tiny_config(), shifted, tokenizer, step=step)
+    assert checkpoint_steps(workdir) == [1, 3]
+    rows = eval_lib.heldout_curve(lambda s: load_checkpoint(workdir, s), checkpoint_steps(workdir), [TASK], TASK_HOOKS)
+    assert [r["step"] for r in rows] == [1, 3]
+    for row in rows:
+        direct = eval_lib.heldout_action_accuracy(load_checkpoint(workdir, row["step"]), TASK,
+                                                  TASK_HOOKS.load_episodes(TASK, "test"), TASK_HOOKS.windows)
+        assert row[TASK] == direct
+    report.write_curve_chart(str(tmp_path / "curve.png"), rows)
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    table = report.curve_markdown(rows)
+    assert f"| 3 | {rows[1][TASK]['heldout_action_accuracy']:.3f} |" in table and "repeat-last" in table

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from data_pipelines.experts import atari, control
-from data_pipelines.experts.policy import Action, ActionNoise, Policy, RandomPolicy
+from data_pipelines.experts.policy import Action, ActionErrors, ActionNoise, ExpertShadow, Policy, RandomPolicy
 
-__all__ = ["Action", "ActionNoise", "Policy", "RandomPolicy", "expert_factories", "make_policy"]
+__all__ = ["Action", "ActionErrors", "ActionNoise", "ExpertShadow", "Policy", "RandomPolicy", "expert_factories",
+           "make_policy"]
 
 
 def expert_factories() -> dict[str, Callable[[], Policy]]:

@@ -2,7 +2,7 @@
 action noise used while recording (the experts themselves are in `atari` and `control`)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import gymnasium
@@ -74,3 +74,59 @@ class ActionNoise:
         value = np.asarray(clean["action"], np.float32)
         noisy = value + self._rng.normal(0.0, self.std, value.shape) * space.high
         return {"action": np.clip(noisy, space.low, space.high).astype(np.float32)}, True
+
+
+class ExpertShadow(gymnasium.Wrapper):
+    """Asks the expert what it would do in every state the wrapped env's player reaches, and reports whether
+    the player did the same (`record(agrees)` once per step); the player's actions are executed unchanged.
+
+    `make eval` wraps the model's discrete-action envs in this: agreement on the model's *own* states,
+    next to teacher-forced accuracy on the expert's, measures the covariate shift of behaviour cloning
+    (the states a cloner's errors lead to, where nobody showed it what to do). The expert runs exactly as
+    when it plays (reset with the episode, called every step), so its velocity estimates see consecutive
+    frames.
+    """
+
+    def __init__(self, env: gymnasium.Env, expert: Policy, record: Callable[[bool], None], seed: int = 0):
+        super().__init__(env)
+        self.expert, self.record, self._rng = expert, record, np.random.default_rng(seed)
+        self._observation: Mapping[str, np.ndarray] = {}
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        self.expert.reset(self.env, self._rng)
+        self._observation = observation
+        return observation, info
+
+    def step(self, action):
+        wanted = int(self.expert.act(self.env, self._observation)["action"])
+        self.record(wanted == int(action))
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._observation = observation
+        return observation, reward, terminated, truncated, info
+
+
+class ActionErrors:
+    """Replaces the expert's discrete action, with probability `rate` per step, by a uniformly random *other*
+    action: an imitator that disagrees with the expert on that share of steps, at random steps.
+
+    `make eval` plays the expert through this at a model's held-out error rate (1 - held-out action
+    accuracy). Beside the model's own score it says whether the model's errors cost more than random
+    errors would: a model far below this reference errs where it matters (late reactions, misses).
+    """
+
+    def __init__(self, rate: float):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"An action error rate must be in [0, 1]; got {rate}.")
+        self.rate = rate
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    def __call__(self, env: gymnasium.Env, clean: Action) -> tuple[Action, bool]:
+        """(action to execute, whether it is an error rather than the expert's action)."""
+        n = env.action_space.n
+        if n < 2 or self._rng.random() >= self.rate:
+            return clean, False
+        other = (int(clean["action"]) + int(self._rng.integers(1, n))) % n  # Uniform over the other n - 1.
+        return {"action": np.int32(other)}, True

@@ -69,6 +69,13 @@ class TaskHooks(NamedTuple):
     windows: WindowsFn  # Held-out windows as the training stream cuts them (held-out action accuracy).
     # (name, num_envs, *, sticky_actions, max_steps, seed) -> VectorEnv; only benchmarks use it.
     make_vector_env: Callable[..., Any] | None = None
+    # (name, error_rate, *, episodes, sticky_actions, max_steps, seed) -> returns of the task's expert with
+    # that share of its actions replaced by random other ones (`matched_error_reference`); None skips it.
+    expert_with_errors: Callable[..., Sequence[float]] | None = None
+    # (name, env, record) -> env that asks the task's expert what it would do in every state the model
+    # reaches and calls record(agrees) per step (`AgreementTally`); the env itself when there is no expert
+    # to ask or its actions are not discrete. None skips the on-policy agreement.
+    shadow_expert: Callable[[str, Any, Callable[[bool], None]], Any] | None = None
 
 
 class DataHooks(NamedTuple):
@@ -106,12 +113,14 @@ class EvalSettings(NamedTuple):
     temperature: float
     seed: int
     continuous_temperature: float  # Of continuous action tokens (config.eval.continuous_temperature).
+    matched_error_episodes: int = 0  # Episodes of the expert at the model's error rate; 0 skips them.
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
         e = config.eval
         return cls(int(e.episodes), int(e.num_envs), int(e.max_steps), float(e.sticky_actions), bool(e.prompted),
-                   float(e.temperature), int(config.seed), float(e.continuous_temperature))
+                   float(e.temperature), int(config.seed), float(e.continuous_temperature),
+                   int(e.get("matched_error_episodes", 0)))
 
 
 def references(name: str, metadata: Mapping) -> References:
@@ -153,16 +162,37 @@ def acting_cache_size(seq_len: int, tokens_per_timestep: int) -> int:
     return seq_len // tokens_per_timestep * tokens_per_timestep
 
 
+class AgreementTally:
+    """Counts of the steps a shadowing expert (`TaskHooks.shadow_expert`) agreed with the model on."""
+
+    def __init__(self) -> None:
+        self.agreed = self.steps = 0
+
+    def __call__(self, agrees: bool) -> None:
+        self.agreed += bool(agrees)
+        self.steps += 1
+
+    def summary(self) -> dict[str, Any]:
+        """{'onpolicy_expert_agreement', 'onpolicy_steps'}; {} when no step was shadowed."""
+        if not self.steps:
+            return {}
+        return {"onpolicy_expert_agreement": self.agreed / self.steps, "onpolicy_steps": self.steps}
+
+
 def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskHooks,
-                 key: jax.Array, progress: bool = True, demos: Sequence[Mapping] | None = None) -> RolloutResult:
+                 key: jax.Array, progress: bool = True, demos: Sequence[Mapping] | None = None,
+                 tally: AgreementTally | None = None) -> RolloutResult:
     """config.eval.episodes seeded episodes of one task, prompted or not; episode 0 is recorded.
 
-    `demos` are the held-out episodes prompts come from; loaded through `hooks` when not given.
+    `demos` are the held-out episodes prompts come from; loaded through `hooks` when not given. With a
+    `tally` and `hooks.shadow_expert`, the task's expert is asked in every state the model reaches.
     """
     num_envs = max(1, min(settings.num_envs, settings.episodes))
     agent = make_agent(loaded, name, num_envs, settings.temperature, settings.continuous_temperature)
-    make = lambda seed: hooks.make_env(name, sticky_actions=settings.sticky_actions, max_steps=settings.max_steps,
-                                       seed=seed)
+    plain = lambda seed: hooks.make_env(name, sticky_actions=settings.sticky_actions, max_steps=settings.max_steps,
+                                        seed=seed)
+    shadowed = tally is not None and hooks.shadow_expert is not None
+    make = (lambda seed: hooks.shadow_expert(name, plain(seed), tally)) if shadowed else plain
     envs = EnvBatch(make, lambda action: hooks.action_to_env(name, action), agent.spec, num_envs=num_envs,
                     num_episodes=settings.episodes, max_steps=settings.max_steps, seed=settings.seed, record_first=True)
     prompt = None
@@ -236,6 +266,47 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     return out
 
 
+def heldout_curve(load_step: Callable[[int], Loaded], steps: Sequence[int], names: Sequence[str],
+                  hooks: TaskHooks) -> list[dict[str, Any]]:
+    """Learning curves: `heldout_action_accuracy` of every task at each checkpoint step, no rollouts.
+
+    One row per step, {'step': s, task: {heldout_action_accuracy, majority, repeat, ...}}. Every step reads
+    the same held-out windows (the test split, cut as in training), so the rows differ only by the weights.
+    """
+    demos = {name: heldout_episodes(hooks, name) for name in names}  # Fails before any checkpoint is read.
+    rows = []
+    for step in steps:
+        loaded = load_step(step)
+        rows.append({"step": int(loaded.step),
+                     **{name: heldout_action_accuracy(loaded, name, demos[name], hooks.windows) for name in names}})
+    return rows
+
+
+def matched_error_reference(spec: TaskSpec, entry: Mapping[str, Any], refs: References, settings: EvalSettings,
+                            hooks: TaskHooks) -> dict[str, Any]:
+    """The expert's score when it errs as often as the model does, at random steps: {'matched_error_expert': ...}.
+
+    Held-out accuracy alone does not say whether a model's score is what its error rate allows. The expert
+    played with 1 - held-out action accuracy of its actions replaced by random other ones (evaluation
+    settings, `settings.matched_error_episodes` episodes) is what an imitator with that error rate reaches
+    when its errors fall anywhere; a model far below it errs where it matters. Discrete-action tasks only
+    (an error rate of continuous actions is not defined); {} when the hook or the episodes are missing.
+    """
+    accuracy = entry.get("heldout_action_accuracy")
+    discrete = all(f.kind == FieldKind.DISCRETE for f in spec.ordered_action())
+    if (hooks.expert_with_errors is None or settings.matched_error_episodes < 1 or not discrete
+            or accuracy is None or not math.isfinite(accuracy)):
+        return {}
+    rate = 1.0 - float(accuracy)
+    returns = np.asarray(hooks.expert_with_errors(spec.name, rate, episodes=settings.matched_error_episodes,
+                                                  sticky_actions=settings.sticky_actions,
+                                                  max_steps=settings.max_steps, seed=settings.seed), np.float64)
+    mean = float(returns.mean())
+    return {"matched_error_expert": {
+        "error_rate": rate, "episodes": int(returns.size), "return_mean": mean, "return_std": float(returns.std()),
+        "normalized": report_lib.normalized_score(mean, refs.random, refs.expert)}}
+
+
 def continuous_action_errors(spec, layout: VocabLayout, target_NxA: np.ndarray,
                              predicted_NxA: np.ndarray) -> dict[str, float]:
     """Mean absolute error of the predicted continuous actions, in action units, beside always predicting
@@ -275,9 +346,12 @@ def evaluate_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: Task
     """
     refs = references(name, hooks.load_metadata(name))
     demos = heldout_episodes(hooks, name) if demos is None else demos
-    result = rollout_task(loaded, name, settings, hooks, key, progress, demos=demos)
+    tally = AgreementTally()
+    result = rollout_task(loaded, name, settings, hooks, key, progress, demos=demos, tally=tally)
     entry = report_lib.task_scores([e.ret for e in result.episodes], refs, prompted=settings.prompted)
     entry.update(heldout_action_accuracy(loaded, name, demos, hooks.windows), heldout_source=HELDOUT_SPLIT)
+    entry.update(tally.summary())
+    entry.update(matched_error_reference(loaded.task_specs[name], entry, refs, settings, hooks))
     video_dir = os.path.join(out_dir, report_lib.VIDEO_DIR)
     os.makedirs(video_dir, exist_ok=True)
     video = report_lib.write_video(os.path.join(video_dir, name.replace("/", "_")), result.frames)

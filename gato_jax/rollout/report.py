@@ -108,13 +108,23 @@ def _task_rows(tasks: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
              _reference(t, "expert"), _fmt(t["normalized"]), "yes" if t["prompted"] else "no",
              t.get("heldout_source", "-"), _fmt(t.get("heldout_action_accuracy")),
              _fmt(t.get("heldout_majority_accuracy")), _fmt(t.get("heldout_repeat_accuracy")),
-             _fmt(t.get("heldout_action_mae"), 3), _fmt(t.get("heldout_mean_action_mae"), 3)]
+             _fmt(t.get("heldout_action_mae"), 3), _fmt(t.get("heldout_mean_action_mae"), 3),
+             _fmt(t.get("onpolicy_expert_agreement")), _matched(t)]
             for name, t in sorted(tasks.items())]
+
+
+def _matched(t: Mapping[str, Any]) -> str:
+    """'normalised (error rate, episodes)' of the expert erring at the model's held-out rate, or '-'."""
+    m = t.get("matched_error_expert")
+    if not m:
+        return "-"
+    return f"{_fmt(m['normalized'])} ({_fmt(m['error_rate'])}, {m['episodes']})"
 
 
 TASK_HEADER = ("task", "episodes", "return (mean ± std)", "random ± std (episodes)", "expert ± std (episodes)",
                "expert-normalized", "prompted", "held-out split", "held-out action acc.", "majority-class acc.",
-               "repeat-last-action acc.", "action MAE", "mean-action MAE")
+               "repeat-last-action acc.", "action MAE", "mean-action MAE", "agreement with the expert on own states",
+               "expert erring as often, at random steps: normalized (error rate, episodes)")
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -126,7 +136,12 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += _table(TASK_HEADER, _task_rows(report["tasks"]))
         lines += ["Returns and references share the evaluation settings (sticky actions, step cap). Action "
                   "accuracies are teacher-forced on held-out episodes; action MAE (continuous actions only, "
-                  "in action units) sits beside always predicting the held-out mean action.", ""]
+                  "in action units) sits beside always predicting the held-out mean action. Agreement on own "
+                  "states: how often the model chose what the expert would have chosen in the states the model "
+                  "itself reached during these rollouts (covariate shift shows as agreement far below "
+                  "held-out accuracy). The last column "
+                  "plays the expert with 1 - held-out accuracy of its actions replaced by random other ones: "
+                  "what that error rate allows when errors fall anywhere.", ""]
         lines += ["Summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(report.get("summary", {}).items())), ""]
     if "captions" in report:
         c = report["captions"]
@@ -190,6 +205,43 @@ def write_chart(path: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_curve_chart(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One panel per task: held-out action accuracy at each checkpoint step (`checkpoint_eval.heldout_curve`),
+    with the majority-action and repeat-last-action baselines of the last step as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = sorted(k for k in rows[0] if k != "step")
+    fig, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 3.2), sharey=True, squeeze=False)
+    steps = [r["step"] for r in rows]
+    for ax, name in zip(axes[0], names):
+        ax.plot(steps, [r[name]["heldout_action_accuracy"] for r in rows], "o-", label="model (teacher-forced)")
+        ax.axhline(rows[-1][name]["heldout_majority_accuracy"], color="grey", linestyle="--", label="majority action")
+        ax.axhline(rows[-1][name]["heldout_repeat_accuracy"], color="orange", linestyle=":", label="repeat last action")
+        ax.set_title(name)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("held-out action accuracy (test split)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def curve_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The curve as a table: one row per step, held-out accuracy per task; baselines of the last step."""
+    names = sorted(k for k in rows[0] if k != "step")
+    table = _table(["step", *names], [[r["step"], *(_fmt(r[n]["heldout_action_accuracy"], 3) for n in names)]
+                                      for r in rows])
+    last = rows[-1]
+    baselines = [f"{n}: majority {_fmt(last[n]['heldout_majority_accuracy'], 3)}, repeat-last "
+                 f"{_fmt(last[n]['heldout_repeat_accuracy'], 3)}" for n in names]
+    return "\n".join(["# Held-out action accuracy by checkpoint (test split, teacher-forced)", "", *table,
+                      "Baselines: " + "; ".join(baselines), ""])
 
 
 def _even_frames(frames: Sequence[np.ndarray], multiple: int = 16) -> list[np.ndarray]:

@@ -141,6 +141,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every complete checkpoint's step, ascending."""
+        return sorted(int(s) for s in self.manager.all_steps())
+
     def save(self, step: int, state: Any, data_state: dict | None, meta: CheckpointMeta) -> None:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
