@@ -91,7 +91,7 @@ class Job:
     noise: RecordingNoise = RecordingNoise()
     noop_max: int = 0
     out_path: str | None = None  # Where to save the steps (.npz); None = only the return is needed.
-    frame_filter: str = "area"  # Atari frame resize filter (tasks.FRAME_FILTERS).
+    frame_filter: str = "area"  # Atari frame resize filter (gato_jax.configs.FRAME_FILTERS).
     error_rate: float = 0.0  # > 0: execute a random other action on this share of steps (`ActionErrors`).
 
 
@@ -123,7 +123,8 @@ def play(job: Job) -> dict[str, Any]:
     return summary
 
 
-def _rollout(env, name: str, policy: experts.Policy, noise: experts.ActionNoise, rng: np.random.Generator,
+def _rollout(env, name: str, policy: experts.Policy, noise: experts.ActionNoise | experts.ActionErrors,
+             rng: np.random.Generator,
              noop_max: int, keep: bool) -> tuple[dict, bool, int]:
     """Runs to the end of an episode: (stacked steps (observations only if keep), terminated, noisy steps).
 

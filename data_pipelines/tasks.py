@@ -35,9 +35,9 @@ import gymnasium
 import numpy as np
 from PIL import Image
 
+from gato_jax.configs import FRAME_FILTERS
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 
-FRAME_FILTERS = ("area", "salient")  # Values of `config.data.frame_filter` (module docstring).
 RECORD_STICKY_ACTIONS = 0.0  # repeat_action_probability when recording demonstrations.
 EVAL_STICKY_ACTIONS = 0.25  # repeat_action_probability when scoring (ALE v5 default).
 

@@ -30,6 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gato_jax import sharding
+from gato_jax.configs import FRAME_FILTERS
 from gato_jax.errors import GatoError, UsageError
 
 DEBUG_ENV = "GATO_DEBUG"  # GATO_DEBUG=1 prints tracebacks, as --debug does.
@@ -274,7 +275,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.episodes_per_task", _positive, "> 0"),
     ("data.max_episode_steps", _positive, "> 0"),
     ("data.frame_size", _positive, "> 0"),
-    ("data.frame_filter", lambda x: x in ("area", "salient"), "'area' or 'salient'"),
+    ("data.frame_filter", lambda x: x in FRAME_FILTERS, " or ".join(map(repr, FRAME_FILTERS))),
     ("data.prompt_prob", _probability, "a probability in [0, 1]"),
     ("data.prompt_end_fraction", _probability, "a probability in [0, 1]"),
     ("data.min_return_fraction", _probability, "in [0, 1]"),

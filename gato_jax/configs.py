@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ml_collections
 
+# Values of `config.data.frame_filter` (data_pipelines/tasks.py says what each does); checked by gato_jax.cli.
+FRAME_FILTERS = ("area", "salient")
+
 # Sizes from docs/TOKEN_FORMAT.md ("Model sizes"): layers, width, MLP, heads, head dim.
 MODEL_PRESETS = {
     "gato_1_18b": dict(num_layers=24, d_model=2048, mlp_dim=8192, num_heads=16, head_dim=128),

@@ -14,10 +14,11 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import gymnasium
+import ml_collections
 from absl import flags
 
 from data_pipelines import captions, corpus, documents, episodes, experts, prepare, sources, tasks
@@ -57,7 +58,7 @@ def task_hooks(dirs: Mapping[str, Path], frame_size: int, frame_filter: str = "a
         shadow_expert=shadow_expert)
 
 
-def shadow_expert(name: str, env, record):
+def shadow_expert(name: str, env: gymnasium.Env, record: Callable[[bool], None]) -> gymnasium.Env:
     """`env` with the task's expert asked in every state (`experts.ExpertShadow`); discrete actions only."""
     if name not in experts.expert_factories() or not isinstance(env.action_space, gymnasium.spaces.Discrete):
         return env
@@ -106,7 +107,17 @@ def dataset_dirs(config, meta: CheckpointMeta) -> dict[str, Path]:
         raise DataError(f"{err} Evaluation reads each task's held-out episodes and reference returns.") from None
 
 
-def checkpoint_task_hooks(dirs: Mapping[str, Path], trained) -> TaskHooks:
+def check_frames(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict) -> None:
+    """UsageError when this config's Atari frames (size, filter) differ from the checkpoint's: the held-out
+    episodes and prompts would be read from datasets of other frames than the environments show."""
+    for field, default in (("frame_size", 80), ("frame_filter", "area")):
+        given, used = config.data.get(field, default), trained.data.get(field, default)
+        if prepare.control_tasks(config) and given != used:
+            raise cli.UsageError(f"config.data.{field} is {given!r} but the checkpoint trained on {used!r} frames; "
+                                 f"pass --config.data.{field}={used} (as for make train).")
+
+
+def checkpoint_task_hooks(dirs: Mapping[str, Path], trained: ml_collections.ConfigDict) -> TaskHooks:
     """`task_hooks` with the frames a checkpoint trained on (`trained` is its config; checkpoints from
     before `data.frame_filter` existed trained on area-filtered frames)."""
     return task_hooks(dirs, int(trained.data.frame_size), str(trained.data.get("frame_filter", "area")))
@@ -141,7 +152,11 @@ def _main(argv: list[str]) -> int:
                              "(make eval EXP=NAME WORKDIR=runs/NAME).")
     quiet_libraries()
     layout = VocabLayout.from_config(config)
-    dirs = dataset_dirs(config, read_meta(workdir, parsed.flags["step"], expected_layout=layout))
+    if parsed.flags["curve"] and parsed.flags["step"] is not None:
+        raise cli.UsageError("--curve measures every checkpoint; drop --step (or drop --curve to evaluate one step).")
+    meta = read_meta(workdir, parsed.flags["step"], expected_layout=layout)
+    check_frames(config, meta.config)
+    dirs = dataset_dirs(config, meta)
     if parsed.flags["curve"]:
         return _curve(config, workdir, dirs, layout)
     loaded = load_checkpoint(workdir, parsed.flags["step"], expected_layout=layout)

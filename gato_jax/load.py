@@ -72,7 +72,8 @@ def read_meta(workdir_or_path: str, step: int | None = None, *,
 
 
 def checkpoint_steps(workdir_or_path: str) -> list[int]:
-    """Every complete checkpoint's step in a workdir, ascending (CheckpointError when there is none)."""
+    """Every complete checkpoint's step in a workdir, ascending; [] when the checkpoints folder is empty
+    (CheckpointError when there is no such folder)."""
     checkpointer = Checkpointer(workdir_or_path, read_only=True)
     try:
         return checkpointer.all_steps()

@@ -76,6 +76,8 @@ CASES = [
     ("eval_workdir_without_checkpoint", "eval", [*SMOKE, "--workdir", "{empty}"], 1, "train first"),
     ("eval_checkpoint_of_another_vocabulary", "eval", EVAL, 1, "evaluate with the config the checkpoint was trained"),
     ("eval_missing_step", "eval", [*EVAL, "--step=7"], 1, "No complete checkpoint at step 7"),
+    ("eval_curve_with_step", "eval", [*EVAL, "--curve", "--step=7"], 2,
+     "--curve measures every checkpoint; drop --step"),
     ("sample_nothing_to_continue", "sample", ["--workdir", "{work}"], 2, "pass --prompt TEXT"),
     ("sample_image_not_a_file", "sample", ["--workdir", "{work}", "--image", "{empty}/none.png"], 2, "is not a file"),
     ("sample_unreadable_image", "sample", ["--workdir", "{work}", "--image", "{text}"], 2, "cannot read --image"),
@@ -159,3 +161,14 @@ def test_subprocess_exit_status_and_debug_env(module, argv, says):
     assert plain.returncode == 2 and says in one_error_line(plain.stderr) and plain.stdout == ""
     debug = run({cli.DEBUG_ENV: "1"})
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_evaluating_other_frames_than_the_checkpoint_trained_on_is_refused():
+    """Held-out episodes and prompts would come from datasets of other frames than the environments show."""
+    config = lambda *args: cli.parse(["--config", "experiments/atari_mix.py:smoke", *args], lambda fv: None,
+                                     prog="test").config
+    trained = config()
+    assert evaluate_lib.check_frames(trained, trained) is None
+    with pytest.raises(cli.UsageError, match="frame_filter is 'salient' but the checkpoint trained on 'area' frames; "
+                                             "pass --config.data.frame_filter=area"):
+        evaluate_lib.check_frames(config("--config.data.frame_filter=salient"), trained)

@@ -239,9 +239,13 @@ def test_action_errors_replace_that_share_of_actions_by_random_other_ones():
     assert 0.27 < len(wrong) / 4000 < 0.33 and 5 not in wrong and set(wrong) == set(range(18)) - {5}
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         experts.ActionErrors(1.5)
+    reacher = experts.ActionErrors(0.5)
+    reacher.reset(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="need discrete actions"):
+        reacher(tasks.make_env("control_reacher", max_steps=5), {"action": np.zeros(2, np.float32)})
 
 
-def test_expert_at_an_error_rate_scores_between_random_and_itself():
+def test_expert_scores_less_the_more_of_its_actions_are_errors():
     run = lambda rate: episodes.evaluate("atari_freeway", "expert", episodes=1, max_steps=300, error_rate=rate)[0]
     clean, erring, mostly_wrong = run(0.0), run(0.2), run(0.6)
     assert clean > erring > mostly_wrong == 0.0  # Random play scores 0 in Freeway.

@@ -475,7 +475,7 @@ def test_evaluate_writes_report_chart_and_video(loaded, tmp_path, monkeypatch):
     with open(os.path.join(out, "report.json")) as f:
         saved = json.load(f)
     task = saved["tasks"][TASK]
-    assert task["onpolicy_steps"] == len(shadowed) > 0
+    assert task["onpolicy_steps"] == len(shadowed) == round(task["length_mean"] * task["episodes"]) > 0
     assert task["onpolicy_expert_agreement"] == pytest.approx(np.mean(shadowed))
     for key in ("episodes", "return_mean", "return_std", "random", "expert", "normalized", "prompted", "video"):
         assert key in task

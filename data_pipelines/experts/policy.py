@@ -1,5 +1,7 @@
-"""What every scripted policy is: the action type, the `Policy` protocol, the random policy and the DART
-action noise used while recording (the experts themselves are in `atari` and `control`)."""
+"""What every scripted policy is: the action type, the `Policy` protocol, the random policy, the DART
+action noise used while recording, and the evaluation's tools around an expert (`ActionErrors`: the expert
+at a given error rate; `ExpertShadow`: the expert asked in the states another player reaches). The experts
+themselves are in `atari` and `control`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -92,13 +94,13 @@ class ExpertShadow(gymnasium.Wrapper):
         self.expert, self.record, self._rng = expert, record, np.random.default_rng(seed)
         self._observation: Mapping[str, np.ndarray] = {}
 
-    def reset(self, **kwargs):
+    def reset(self, **kwargs) -> tuple[Mapping[str, np.ndarray], dict]:
         observation, info = self.env.reset(**kwargs)
         self.expert.reset(self.env, self._rng)
         self._observation = observation
         return observation, info
 
-    def step(self, action):
+    def step(self, action: int) -> tuple[Mapping[str, np.ndarray], float, bool, bool, dict]:
         wanted = int(self.expert.act(self.env, self._observation)["action"])
         self.record(wanted == int(action))
         observation, reward, terminated, truncated, info = self.env.step(action)
@@ -125,6 +127,9 @@ class ActionErrors:
 
     def __call__(self, env: gymnasium.Env, clean: Action) -> tuple[Action, bool]:
         """(action to execute, whether it is an error rather than the expert's action)."""
+        if not isinstance(env.action_space, gymnasium.spaces.Discrete):
+            raise ValueError(f"Action errors need discrete actions; {env.spec.id if env.spec else 'this env'} has "
+                             f"{env.action_space} (an error rate of continuous actions is not defined).")
         n = env.action_space.n
         if n < 2 or self._rng.random() >= self.rate:
             return clean, False

@@ -168,7 +168,7 @@ def acting_steps(agent: Agent, envs: EnvBatch, key: jax.Array, prompt=None) -> I
     """The rollout loop: one jitted act step for the whole batch per item, until `envs` is done.
 
     `run_episodes` runs it to the end; `bench.measure_acting` times its first steps, so the benchmark
-    times exactly what `make eval` runs.
+    times the loop `make eval` runs (`make eval` also asks each step's expert when it shadows the model).
     """
     state = agent.initial_state(prompt)
     observations, reset_B = envs.reset()
