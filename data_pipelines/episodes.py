@@ -91,7 +91,7 @@ class Job:
     noise: RecordingNoise = RecordingNoise()
     noop_max: int = 0
     out_path: str | None = None  # Where to save the steps (.npz); None = only the return is needed.
-    frame_filter: str = "area"  # Atari frame resize filter (gato_jax.configs.FRAME_FILTERS).
+    frame_filter: str = "area"  # Atari frame resize filter (tasks.FRAME_FILTERS).
     error_rate: float = 0.0  # > 0: execute a random other action on this share of steps (`ActionErrors`).
 
 

@@ -35,9 +35,11 @@ import gymnasium
 import numpy as np
 from PIL import Image
 
-from gato_jax.configs import FRAME_FILTERS
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
 
+# `config.data.frame_filter` values (module docstring); gato_jax.configs.FRAME_FILTERS, which the config
+# check reads, holds the same names (tests/episodes_test.py keeps them equal).
+FRAME_FILTERS = ("area", "salient")
 RECORD_STICKY_ACTIONS = 0.0  # repeat_action_probability when recording demonstrations.
 EVAL_STICKY_ACTIONS = 0.25  # repeat_action_probability when scoring (ALE v5 default).
 

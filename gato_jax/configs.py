@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-# Values of `config.data.frame_filter` (data_pipelines/tasks.py says what each does); checked by gato_jax.cli.
+# Values of `config.data.frame_filter`, checked by gato_jax.cli; data_pipelines/tasks.py implements each
+# (and may not import this module: tests/episodes_test.py keeps the two lists equal).
 FRAME_FILTERS = ("area", "salient")
 
 # Sizes from docs/TOKEN_FORMAT.md ("Model sizes"): layers, width, MLP, heads, head dim.

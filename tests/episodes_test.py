@@ -164,6 +164,12 @@ def test_salient_resize_takes_each_rectangles_pixel_furthest_from_the_background
     np.testing.assert_array_equal(out, np.array(expected, np.uint8))
 
 
+def test_the_config_check_knows_every_frame_filter_the_data_implements():
+    from gato_jax import configs
+
+    assert configs.FRAME_FILTERS == tasks.FRAME_FILTERS
+
+
 def test_frame_filter_enters_atari_settings_only_when_it_changes_the_data():
     base = dict(episodes=2, max_steps=50, frame_size=80, seed=0, min_return_fraction=0.8)
     assert episodes.settings("atari_pong", **base, frame_filter="area") == episodes.settings("atari_pong", **base)

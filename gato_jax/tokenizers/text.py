@@ -9,12 +9,21 @@ whose characters the model has seen. The serialized model travels inside checkpo
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 import sentencepiece as spm
 
 from gato_jax.tokenizers.vocab import VocabLayout
+
+
+def _has_fileno(stream) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both.
+        return False
 
 
 class TextTokenizer:
@@ -59,12 +68,15 @@ class TextTokenizer:
             raise ValueError(f"Corpus {str(corpus_path)!r} does not exist.")
         spm.set_random_generator_seed(seed)
         with open(os.devnull, "w") as quiet:  # The trainer logs every EM step to stderr.
+            # sentencepiece redirects through sys.stderr's file descriptor; a captured stderr (pytest's capsys,
+            # some notebooks) has none, and then the log goes to the process's stderr instead.
+            logs = {"logstream": quiet} if _has_fileno(sys.stderr) else {}
             spm.SentencePieceTrainer.train(
                 input=str(corpus_path), model_prefix=str(model_prefix), vocab_size=vocab_size,
                 model_type="unigram", character_coverage=1.0, input_sentence_size=input_sentence_size,
                 shuffle_input_sentence=True, num_threads=1, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
                 normalization_rule_name=normalization, remove_extra_whitespaces=False, byte_fallback=False,
-                logstream=quiet, user_defined_symbols=[f"▁{w}" for w in whole_words],
+                user_defined_symbols=[f"▁{w}" for w in whole_words], **logs,
             )
         return cls(f"{model_prefix}.model")
 
