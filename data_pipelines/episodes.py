@@ -124,8 +124,7 @@ def play(job: Job) -> dict[str, Any]:
 
 
 def _rollout(env, name: str, policy: experts.Policy, noise: experts.ActionNoise | experts.ActionErrors,
-             rng: np.random.Generator,
-             noop_max: int, keep: bool) -> tuple[dict, bool, int]:
+             rng: np.random.Generator, noop_max: int, keep: bool) -> tuple[dict, bool, int]:
     """Runs to the end of an episode: (stacked steps (observations only if keep), terminated, noisy steps).
 
     The stored action of every step is the policy's own choice for the observation it saw (the label);

@@ -172,3 +172,23 @@ def test_evaluating_other_frames_than_the_checkpoint_trained_on_is_refused():
     with pytest.raises(cli.UsageError, match="frame_filter is 'salient' but the checkpoint trained on 'area' frames; "
                                              "pass --config.data.frame_filter=area"):
         evaluate_lib.check_frames(config("--config.data.frame_filter=salient"), trained)
+
+
+def test_evaluation_plays_the_frames_the_checkpoint_trained_on():
+    """A salient-trained checkpoint is rolled out on salient frames; one from before the option on area frames."""
+    import ml_collections
+
+    from data_pipelines import tasks
+
+    def first_frame(trained: ml_collections.ConfigDict) -> np.ndarray:
+        env = evaluate_lib.checkpoint_task_hooks({}, trained).make_env("atari_freeway", sticky_actions=0.0,
+                                                                         max_steps=5, seed=0)
+        observation, _ = env.reset(seed=0)
+        screen = env.unwrapped.ale.getScreenGrayscale()
+        return observation["frame"][..., 0], screen
+
+    rows = tasks.get_task("atari_freeway").screen_rows
+    salient, screen = first_frame(ml_collections.ConfigDict({"data": {"frame_size": 80, "frame_filter": "salient"}}))
+    np.testing.assert_array_equal(salient, tasks.resize_frame(screen, 80, rows, "salient")[..., 0])
+    older, screen = first_frame(ml_collections.ConfigDict({"data": {"frame_size": 80}}))
+    np.testing.assert_array_equal(older, tasks.resize_frame(screen, 80, rows, "area")[..., 0])
