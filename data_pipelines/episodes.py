@@ -118,7 +118,7 @@ def play(job: Job) -> dict[str, Any]:
                "terminated": terminated, "policy": policy.name, "noise_steps": noisy,
                "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     if job.out_path is not None:
-        np.savez_compressed(job.out_path, **_flatten(steps))  # Frames compress ~50x: small scratch.
+        save_steps(job.out_path, steps)
         summary["path"] = job.out_path
     return summary
 
@@ -148,10 +148,11 @@ def _rollout(env, name: str, policy: experts.Policy, noise: experts.ActionNoise 
         rewards.append(float(reward))
         if terminated or truncated:
             break
-    return _stack_steps(observations, actions, rewards, terminated, keep), bool(terminated), noisy
+    return stack_steps(observations, actions, rewards, terminated, keep), bool(terminated), noisy
 
 
-def _stack_steps(observations, actions, rewards, terminated: bool, keep: bool) -> dict:
+def stack_steps(observations: list, actions: list, rewards: list, terminated: bool, keep: bool) -> dict:
+    """One episode's steps in the stored layout: fields stacked over steps, is_first/is_last/is_terminal set."""
     n = len(rewards)
     steps = {"reward": np.asarray(rewards, np.float32)}
     if keep:
@@ -162,6 +163,11 @@ def _stack_steps(observations, actions, rewards, terminated: bool, keep: bool) -
         steps["is_first"][0] = steps["is_last"][-1] = True
         steps["is_terminal"][-1] = terminated
     return steps
+
+
+def save_steps(path: str | os.PathLike, steps: Mapping) -> None:
+    """An episode's steps as the .npz scratch file a dataset is written from (frames compress ~50x)."""
+    np.savez_compressed(path, **_flatten(steps))
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
@@ -355,7 +361,7 @@ def prepare_task(name: str, data_dir: str | os.PathLike, *, episodes: int, max_s
         splits, filter_info = _filter_and_split(recorded, scores["random_return"], min_return_fraction)
         metadata = _metadata(name, spec, wanted, recorded, scores, filter_info, splits,
                              time.perf_counter() - start)
-        _write_tfds(spec, tmp, splits, metadata, progress)
+        write_dataset(spec, tmp, splits, metadata, progress)
     _LOG.info("Task %s: %d train / %d test episodes in %s (%.0f s).", name, len(splits["train"]),
                  len(splits["test"]), final, time.perf_counter() - start)
     return final
@@ -447,8 +453,8 @@ def _metadata(name: str, spec: TaskSpec, wanted: Mapping, recorded: list[dict], 
     }
 
 
-def _write_tfds(spec: TaskSpec, out: Path, splits: Mapping[str, list], metadata: Mapping,
-                progress: bool) -> None:
+def write_dataset(spec: TaskSpec, out: Path, splits: Mapping[str, list], metadata: Mapping,
+                  progress: bool) -> None:
     """Writes the splits with TFDS into `out` (the future `<task>/1.0.0`), then drops the scratch."""
     from tensorflow_datasets.core.utils import tqdm_utils
 

@@ -180,7 +180,9 @@ class ControlSource:
     """Random timestep-aligned windows of a task's episodes, some prefixed by a demonstration prompt."""
 
     def __init__(self, spec: TaskSpec, layout: VocabLayout, episodes: FlatEpisodes, seq_len: int, *,
-                 prompt_prob: float, prompt_end_fraction: float):
+                 prompt_prob: float, prompt_end_fraction: float, prompt_episodes: FlatEpisodes | None = None):
+        """`prompt_episodes`: where prompts come from when not from `episodes` (a DAgger round's windows are
+        prompted by expert demonstrations, as the model is prompted when it plays)."""
         step = spec.tokens_per_timestep
         if step > seq_len:
             raise ValueError(f"A timestep of {spec.name!r} has {step} tokens, more than seq_len={seq_len}; "
@@ -188,6 +190,7 @@ class ControlSource:
         if episodes.num_episodes == 0 or episodes.lengths.min() <= 0:
             raise ValueError(f"Task {spec.name!r} needs at least one episode and no empty episodes.")
         self.spec, self.layout, self.episodes, self.seq_len = spec, layout, episodes, seq_len
+        self.prompt_episodes = prompt_episodes
         self.prompt_prob, self.prompt_end_fraction = prompt_prob, prompt_end_fraction
         self.window_steps = seq_len // step
         self.prompt_steps = (seq_len // 2) // step  # [D]; 0 disables prompts (seq_len < 2 timesteps).
@@ -213,14 +216,18 @@ class ControlSource:
 
     def prompt(self, rng: np.random.Generator, episode: int) -> TokenSequence:
         """A loss-free demonstration from another episode: its end, or a uniform window of it."""
-        other = self.other_episode(rng, episode)
-        length = int(self.episodes.lengths[other])
+        if self.prompt_episodes is None:
+            demos, other = self.episodes, self.other_episode(rng, episode)
+        else:
+            demos = self.prompt_episodes
+            other = int(rng.integers(demos.num_episodes))
+        length = int(demos.lengths[other])
         steps = min(self.prompt_steps, length)
         if rng.random() < self.prompt_end_fraction:
             start = length - steps
         else:
             start = int(rng.integers(length - steps + 1))
-        tokens = self._tokens(other, start, start + steps)
+        tokens = episode_lib.tokenize_episode(self.spec, self.layout, demos.steps(other, start, start + steps))
         return tokens._replace(loss_mask=np.zeros_like(tokens.loss_mask))
 
     def other_episode(self, rng: np.random.Generator, episode: int) -> int:
@@ -233,6 +240,21 @@ class ControlSource:
 
     def _tokens(self, episode: int, start: int, stop: int) -> TokenSequence:
         return episode_lib.tokenize_episode(self.spec, self.layout, self.episodes.steps(episode, start, stop))
+
+
+class SourceMix:
+    """Each example from one of `sources`, drawn with probabilities `weights` (normalised): a task's expert
+    episodes beside its DAgger rounds (`data_pipelines.onpolicy`)."""
+
+    def __init__(self, sources: Sequence[Source], weights: Sequence[float]):
+        weights = np.asarray(weights, np.float64)
+        if len(sources) != len(weights) or not len(sources) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"A source mix needs one non-negative weight per source, not all zero; got {weights}.")
+        self.sources, self.cumulative = list(sources), np.cumsum(weights / weights.sum())
+
+    def __call__(self, rng: np.random.Generator) -> TokenSequence:
+        pick = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.sources) - 1)
+        return self.sources[pick](rng)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,14 +26,14 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import grain
 import ml_collections
 import numpy as np
 
-from data_pipelines import captions, corpus, documents, episodes, prepare, tasks
+from data_pipelines import captions, corpus, documents, episodes, onpolicy, prepare, tasks
 from data_pipelines import sources as sources_lib
 from data_pipelines.sources import FlatEpisodes, Source
 from gato_jax.errors import DataError
@@ -296,8 +296,12 @@ def _fingerprint(spec: TaskSpec, metadata: Mapping) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-def _control_sources(config, dirs: Mapping[str, Path], layout: VocabLayout) -> tuple[dict, dict, dict]:
-    """(train sources, test sources, TaskSpec by task), all specs checked before any cache is built."""
+def _control_sources(config, dirs: Mapping[str, Path], layout: VocabLayout,
+                     onpolicy_roots: Sequence[Path] = ()) -> tuple[dict, dict, dict]:
+    """(train sources, test sources, TaskSpec by task), all specs checked before any cache is built.
+
+    A task with DAgger rounds in `onpolicy_roots` trains on `config.dagger.share` of its windows from them
+    (`with_onpolicy`); its held-out windows stay the expert's test split."""
     specs, metas = {}, {}
     for name in prepare.control_tasks(config):
         specs[name] = tasks.task_spec(name, frame_size=config.data.frame_size, patch_size=config.model.patch_size)
@@ -311,7 +315,32 @@ def _control_sources(config, dirs: Mapping[str, Path], layout: VocabLayout) -> t
     make = lambda name, split: sources_lib.ControlSource(
         specs[name], layout, _task_episodes(dirs[name], name, split, specs[name], metas[name]), config.seq_len,
         prompt_prob=config.data.prompt_prob, prompt_end_fraction=config.data.prompt_end_fraction)
-    return ({n: make(n, "train") for n in specs}, {n: make(n, _held_out_split(n, metas[n])) for n in specs}, specs)
+    train = {n: make(n, "train") for n in specs}
+    for name, source in train.items():
+        train[name] = with_onpolicy(config, source, onpolicy_roots, layout)
+    return train, {n: make(n, _held_out_split(n, metas[n])) for n in specs}, specs
+
+
+def with_onpolicy(config, expert: sources_lib.ControlSource, roots: Sequence[Path],
+                  layout: VocabLayout) -> Source:
+    """`expert` alone, or mixed with the task's DAgger rounds found in `roots` (`data_pipelines.onpolicy`):
+    `config.dagger.share` of the windows come from the rounds, pooled (each weighted by its steps, as one
+    aggregated dataset), prompted by the expert's training episodes as the model is prompted when it plays."""
+    spec = expert.spec
+    found = [Path(r) for r in roots if onpolicy.has_round(r, spec.name)]
+    if not found:
+        return expert
+    rounds = []
+    for root in found:
+        metadata = episodes.load_metadata(root, spec.name)
+        check_task_spec(spec.name, spec, _stored_spec(metadata), str(root / spec.name))
+        flat = _task_episodes(root, spec.name, "train", spec, metadata)
+        rounds.append(sources_lib.ControlSource(
+            spec, layout, flat, config.seq_len, prompt_prob=config.data.prompt_prob,
+            prompt_end_fraction=config.data.prompt_end_fraction, prompt_episodes=expert.episodes))
+    share = float(config.dagger.share)
+    steps = np.array([r.episodes.starts[-1] for r in rounds], np.float64)
+    return sources_lib.SourceMix([expert, *rounds], [1.0 - share, *(share * steps / steps.sum())])
 
 
 def _held_out_split(name: str, metadata: Mapping) -> str:
@@ -389,14 +418,16 @@ class ImagesDropped:
 
 
 def build_train_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,
-                     dirs: Mapping[str, str | os.PathLike] | None = None) -> TrainData:
+                     dirs: Mapping[str, str | os.PathLike] | None = None,
+                     onpolicy_roots: Sequence[str | os.PathLike] = ()) -> TrainData:
     """The experiment's mixture from its prepared datasets (`prepare.check_prepared`, or `dirs` by name), as
-    the trainer consumes it."""
+    the trainer consumes it; with the DAgger rounds in `onpolicy_roots` mixed into their tasks."""
     dirs = {k: Path(v) for k, v in (dirs or prepare.check_prepared(config)).items()}
     layout = VocabLayout.from_config(config)
     weights = normalized_mixture(config.data.mixture)
     tokenizer = load_text_tokenizer(config, dirs["text"]) if prepare.needs_text_tokenizer(config) else None
-    train, test, specs = _control_sources(config, dirs, layout)
+    roots = [Path(r) for r in onpolicy_roots]
+    train, test, specs = _control_sources(config, dirs, layout, roots)
     if tokenizer is not None:
         for extra_train, extra_test in (_text_sources(config, dirs["text"], layout, tokenizer),
                                         _caption_sources(config, dirs.get("captions"), layout, tokenizer),
@@ -409,6 +440,8 @@ def build_train_data(config: ml_collections.ConfigDict, process_index: int = 0, 
     if unknown:
         raise ValueError(f"config.data.mixture names sources with no data: {unknown}.")
     info = {"mixture": weights, "dataset_dirs": {k: str(v) for k, v in dirs.items()}}
+    if roots:
+        info["onpolicy_rounds"] = [str(r) for r in roots]
     settings = StreamSettings.from_config(config, process_index, process_count)
     return make_train_data(layout, train, test, weights, settings, task_specs=specs, tokenizer=tokenizer, info=info)
 

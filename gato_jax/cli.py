@@ -290,6 +290,9 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.num_workers", _non_negative, ">= 0"),
     ("data.fewshot_train_max_shots", _non_negative, ">= 0 (0 trains on the stored episodes)"),
     ("data.fewshot_train_one_difference", _probability, "a share in [0, 1]"),
+    ("dagger.episodes", _positive, "> 0"),
+    ("dagger.share", _probability, "a share in [0, 1]"),
+    ("dagger.steps", lambda xs: all(_positive(x) and int(x) == x for x in xs), "whole training steps > 0"),
     ("eval.episodes", _positive, "> 0"),
     ("eval.num_envs", _positive, "> 0"),
     ("eval.max_steps", _positive, "> 0"),
@@ -326,6 +329,15 @@ def check_config(config: ml_collections.ConfigDict, known_sources: Iterable[str]
                              f"set --config.{path}=<a value {requirement}>.")
     _check_sizes(config)
     _check_mixture(config, known_sources)
+    _check_dagger_steps(config)
+
+
+def _check_dagger_steps(config: ml_collections.ConfigDict) -> None:
+    present, steps = _get(config, "dagger.steps")
+    late = [s for s in (steps if present else ()) if s >= config.num_train_steps]
+    if late:
+        raise UsageError(f"config.dagger.steps {tuple(steps)} has step(s) {late} at or past num_train_steps="
+                         f"{config.num_train_steps}, where nothing would train on the round; pass steps below it.")
 
 
 def _check_sizes(config: ml_collections.ConfigDict) -> None:

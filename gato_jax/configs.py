@@ -200,6 +200,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.drop_images = False
     c.data.num_workers = 0  # grain worker processes (0 = in the main process).
 
+    # DAgger rounds (Ross et al. 2011; gato_jax/dagger.py), off by default [D]. At each step in `steps` the
+    # run pauses: the checkpoint plays `episodes` episodes of each task in `tasks` (() = every control task
+    # of the mixture that has an expert) under the evaluation settings, each state it reaches labelled with
+    # the expert's action; the rest of training draws `share` of that task's windows from these rounds.
+    c.dagger = ml_collections.ConfigDict()
+    c.dagger.steps = ()
+    c.dagger.episodes = 25
+    c.dagger.share = 0.5
+    c.dagger.tasks = ()
+
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = 50  # Rollouts per task [P].
     c.eval.num_envs = 25  # Environments stepped in one batch (divides 50; throughput flattens past 16-32).
@@ -257,6 +267,8 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.data.caption_train_examples, c.data.caption_test_examples = 200, 40
     c.eval.episodes, c.eval.num_envs, c.eval.max_steps = 2, 2, 100
     c.eval.matched_error_episodes = 2
+    if c.dagger.steps:  # The experiment's DAgger round, at the smoke run's midpoint.
+        c.dagger.steps, c.dagger.episodes = (c.num_train_steps // 2,), 2
     c.eval.caption_examples, c.eval.text_batches = 10, 1
     c.data.document_train_examples, c.data.document_test_examples = 60, 21
     c.eval.question_examples, c.eval.fewshot_examples = 14, 8

@@ -13,12 +13,12 @@ import jax
 from absl import flags
 
 from data_pipelines import prepare, stream
-from gato_jax import cli
+from gato_jax import cli, dagger
 from gato_jax.load import read_meta
 from gato_jax.logs import quiet_libraries
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import distributed
-from gato_jax.train.checkpoint import checkpoint_root, has_checkpoints
+from gato_jax.train.checkpoint import Checkpointer, checkpoint_root, has_checkpoints
 from gato_jax.train.loop import check_compatible, train_and_evaluate
 
 PROG = "python -m gato_jax.main"
@@ -35,6 +35,31 @@ def check_resumable(config, workdir: str) -> None:
         check_compatible(read_meta(workdir), config, VocabLayout.from_config(config), checkpoint_root(workdir))
 
 
+def _latest_step(workdir: str) -> int:
+    if not has_checkpoints(workdir):
+        return 0
+    checkpointer = Checkpointer(workdir, read_only=True)
+    try:
+        return checkpointer.latest_step() or 0
+    finally:
+        checkpointer.close()
+
+
+def train_in_stages(config, workdir: str, dirs) -> list[dict]:
+    """Trains to config.num_train_steps, pausing at each DAgger round (`gato_jax.dagger`) to collect it; the
+    stream of each stage holds the rounds before it. Without rounds this is one `train_and_evaluate`."""
+    rows: list[dict] = []
+    while True:
+        step = _latest_step(workdir)
+        dagger.collect_due(config, workdir, step, dirs)
+        stop = dagger.next_stop(config, step)
+        data = stream.build_train_data(config, jax.process_index(), jax.process_count(), dirs,
+                                       onpolicy_roots=dagger.rounds_before(config, workdir, step))
+        rows += train_and_evaluate(config, workdir, data, stop_after=stop)
+        if stop >= config.num_train_steps or _latest_step(workdir) < stop:  # Done, or stopped by a signal.
+            return rows
+
+
 def _main(argv: list[str]) -> int:
     parsed = cli.parse(argv, _define, prog=PROG, required=("workdir",))
     config, workdir = parsed.config, parsed.flags["workdir"]
@@ -42,12 +67,12 @@ def _main(argv: list[str]) -> int:
     prepare.use_prepared_experts(config)  # model.kind="prismer": where its learned frozen expert is trained.
     distributed.maybe_initialize(config.distributed)
     cli.check_devices(config, jax.device_count(), jax.process_count())
+    dagger.check(config, jax.process_count())
     cli.check_writable_dir(workdir, "--workdir", "pass a --workdir you can write (make train WORKDIR=...)")
     check_resumable(config, workdir)
     quiet_libraries()
     dirs = prepare.prepare_all(config) if parsed.flags["prepare_data"] else prepare.check_prepared(config)
-    data = stream.build_train_data(config, jax.process_index(), jax.process_count(), dirs)
-    rows = train_and_evaluate(config, workdir, data)
+    rows = train_in_stages(config, workdir, dirs)
     if rows:
         print(f"step {rows[-1]['step']}: loss {rows[-1].get('loss', float('nan')):.4f}; checkpoints in {workdir}")
     else:

@@ -93,7 +93,7 @@ def test_failed_build_leaves_no_dataset(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt  # As if the run were killed while writing.
 
-    monkeypatch.setattr(episodes, "_write_tfds", boom)
+    monkeypatch.setattr(episodes, "write_dataset", boom)
     with pytest.raises(KeyboardInterrupt):
         episodes.prepare_task("control_reacher", tmp_path, **SETTINGS)
     assert os.listdir(tmp_path / "control_reacher") == []

@@ -268,3 +268,38 @@ def test_expert_shadow_reports_agreement_and_executes_the_players_action():
         twin.step(action)
         np.testing.assert_array_equal(env.unwrapped.ale.getRAM(), twin.unwrapped.ale.getRAM())
     assert record == [w == a for w, a in zip(wanted, played)] and any(record) and not all(record)
+
+
+def test_expert_labels_keep_the_players_states_with_the_experts_actions():
+    """DAgger's data: every state the player reached, labelled with what the expert would have done there;
+    the player's actions run unchanged and each episode is handed over at the next reset or at close."""
+    kept, expected = [], []
+    env = experts.ExpertLabels(tasks.make_env("atari_breakout", sticky_actions=0.0, max_steps=40, seed=0),
+                               experts.make_policy("atari_breakout"),
+                               lambda *episode: kept.append(episode))
+    twin = tasks.make_env("atari_breakout", sticky_actions=0.0, max_steps=40, seed=0)
+    expert = experts.make_policy("atari_breakout")
+    played = [1, 1, 1, *([2, 2, 0, 3, 3, 0] * 10)]
+    for episode_seed in (0, 1):
+        env.reset(seed=episode_seed)
+        assert len(kept) == episode_seed  # The episode before is handed over when the next one starts.
+        twin_observation, _ = twin.reset(seed=episode_seed)
+        expert.reset(twin, np.random.default_rng(0))
+        frames, wanted, rewards = [], [], []
+        for action in played:
+            frames.append(twin_observation["frame"])
+            wanted.append(int(expert.act(twin, twin_observation)["action"]))
+            _, _, terminated, truncated, _ = env.step(action)
+            twin_observation, twin_reward, *_ = twin.step(action)
+            np.testing.assert_array_equal(env.unwrapped.ale.getRAM(), twin.unwrapped.ale.getRAM())
+            rewards.append(float(twin_reward))
+            if terminated or truncated:
+                break
+        expected.append((np.stack(frames), wanted, rewards))
+    env.close()  # ... and the last one at close.
+    assert len(kept) == 2
+    for (observations, labels, kept_rewards, kept_terminated), (frames, wanted, rewards) in zip(kept, expected):
+        np.testing.assert_array_equal(np.stack([o["frame"] for o in observations]), frames)
+        assert [int(label["action"]) for label in labels] == wanted and len(set(wanted)) > 1
+        assert wanted != played[:len(wanted)] and kept_rewards == rewards and len(wanted) == 40
+        assert not kept_terminated  # Truncated at the step cap, not a game over.

@@ -11,8 +11,8 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"gato_jax.main", "gato_jax.evaluate", "gato_jax.sample", "gato_jax.compile", "gato_jax.bench",
-                "gato_jax.cli", "gato_jax.logs"}
+ENTRY_POINTS = {"gato_jax.main", "gato_jax.evaluate", "gato_jax.dagger", "gato_jax.sample", "gato_jax.compile",
+                "gato_jax.bench", "gato_jax.cli", "gato_jax.logs"}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -181,6 +181,32 @@ def test_single_episode_task_prompts_from_itself(layout):
     assert [t for _, _, t in prompt] == list(range(36, 40)) and window[0][1] == 0
 
 
+def test_a_round_source_prompts_from_the_expert_episodes(layout):
+    """A DAgger round's windows (ids 500+) are prompted by expert demonstrations (ids 0..4), never by rounds."""
+    expert = sources.FlatEpisodes.from_episodes(make_episodes(), make_spec())
+    rounds = sources.FlatEpisodes.from_episodes(make_episodes((20, 20), first_id=500, seed=1), make_spec())
+    source = sources.ControlSource(make_spec(), layout, rounds, SEQ_LEN, prompt_prob=1.0, prompt_end_fraction=0.5,
+                                   prompt_episodes=expert)
+    prompters = set()
+    for i in range(200):
+        prompt, window = split_prompt(source(np.random.default_rng(i)), layout)
+        assert window[0][1] >= 500 and all(e < 500 for _, e, _ in prompt)
+        prompters.add(prompt[0][1])
+    assert prompters == set(range(len(LENGTHS)))  # Any expert episode, the window's own kind never.
+
+
+def test_source_mix_draws_each_source_at_its_weight(layout):
+    mix = sources.SourceMix([control(layout, prompt_prob=0.0), control(layout, first_id=100, prompt_prob=0.0)],
+                            [0.75, 0.25])
+    firsts = [timesteps(mix(np.random.default_rng(i)), layout)[0][1] for i in range(800)]
+    assert 0.7 < np.mean(np.asarray(firsts) < 100) < 0.8
+    again = [timesteps(mix(np.random.default_rng(i)), layout)[0][1] for i in range(800)]
+    assert again == firsts  # A pure function of the generator, as every source.
+    for weights in ([1.0], [-1.0, 2.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="weight"):
+            sources.SourceMix([control(layout), control(layout)], weights)
+
+
 def test_long_timestep_is_refused(layout):
     flat = sources.FlatEpisodes.from_episodes(make_episodes(), make_spec())
     with pytest.raises(ValueError, match="seq_len"):

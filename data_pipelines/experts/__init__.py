@@ -13,10 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from data_pipelines.experts import atari, control
-from data_pipelines.experts.policy import Action, ActionErrors, ActionNoise, ExpertShadow, Policy, RandomPolicy
+from data_pipelines.experts.policy import (
+    Action,
+    ActionErrors,
+    ActionNoise,
+    ExpertLabels,
+    ExpertShadow,
+    Policy,
+    RandomPolicy,
+)
 
-__all__ = ["Action", "ActionErrors", "ActionNoise", "ExpertShadow", "Policy", "RandomPolicy", "expert_factories",
-           "make_policy"]
+__all__ = ["Action", "ActionErrors", "ActionNoise", "ExpertLabels", "ExpertShadow", "Policy", "RandomPolicy",
+           "expert_factories", "make_policy"]
 
 
 def expert_factories() -> dict[str, Callable[[], Policy]]:

@@ -1,6 +1,7 @@
 """What every scripted policy is: the action type, the `Policy` protocol, the random policy, the DART
 action noise used while recording, and the evaluation's tools around an expert (`ActionErrors`: the expert
-at a given error rate; `ExpertShadow`: the expert asked in the states another player reaches). The experts
+at a given error rate; `ExpertShadow`: the expert asked in the states another player reaches; `ExpertLabels`:
+those states kept with the expert's actions as labels, DAgger's data). The experts
 themselves are in `atari` and `control`."""
 from __future__ import annotations
 
@@ -106,6 +107,55 @@ class ExpertShadow(gymnasium.Wrapper):
         observation, reward, terminated, truncated, info = self.env.step(action)
         self._observation = observation
         return observation, reward, terminated, truncated, info
+
+
+class ExpertLabels(gymnasium.Wrapper):
+    """Keeps every state the wrapped env's player reaches, labelled with the expert's action for it (DAgger):
+    each episode (the steps between two resets, or a reset and `close`) goes to `on_episode(observations,
+    labels, rewards, terminated)`. The player's actions are executed unchanged.
+
+    Behaviour cloning learns the expert's states; the states its own errors lead to are where it fails
+    (`ExpertShadow` measures that). Labelling exactly those states with what the expert would have done
+    and training on them is DAgger (Ross et al. 2011). The expert runs as when it plays: reset with the
+    episode and asked every step, so its velocity estimates see consecutive frames.
+    """
+
+    def __init__(self, env: gymnasium.Env, expert: Policy, on_episode: Callable[..., None], seed: int = 0):
+        super().__init__(env)
+        self.expert, self.on_episode, self._rng = expert, on_episode, np.random.default_rng(seed)
+        self._observation: Mapping[str, np.ndarray] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        self._observations: list[Mapping[str, np.ndarray]] = []
+        self._labels: list[Action] = []
+        self._rewards: list[float] = []
+        self._terminated = False
+
+    def _flush(self) -> None:
+        if self._labels:
+            self.on_episode(self._observations, self._labels, self._rewards, self._terminated)
+        self._clear()
+
+    def reset(self, **kwargs) -> tuple[Mapping[str, np.ndarray], dict]:
+        self._flush()
+        observation, info = self.env.reset(**kwargs)
+        self.expert.reset(self.env, self._rng)
+        self._observation = observation
+        return observation, info
+
+    def step(self, action):
+        self._labels.append(self.expert.act(self.env, self._observation))
+        self._observations.append(self._observation)
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._rewards.append(float(reward))
+        self._terminated = bool(terminated)
+        self._observation = observation
+        return observation, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self._flush()
+        super().close()
 
 
 class ActionErrors:

@@ -1,0 +1,132 @@
+"""DAgger rounds inside `make train` (config.dagger; Ross, Gordon and Bagnell 2011).
+
+Behaviour cloning on the expert's episodes leaves the model where its own errors take it with no
+example of what to do there: `make eval` measured Breakout's model agreeing with its expert on 69% of
+the expert's held-out steps but on 15% of its own (README "Results"). A round fixes the data, not the
+model: at each step in `config.dagger.steps` training pauses (a checkpoint is written there anyway),
+that checkpoint plays `config.dagger.episodes` episodes per task under the evaluation settings (sticky
+actions, step cap, prompts from the expert's *training* episodes, sampling temperature), every state it
+reaches is labelled with the expert's action (`data_pipelines.onpolicy`), and training resumes with
+`config.dagger.share` of each such task's windows drawn from all rounds so far.
+
+Rounds live in the run: WORKDIR/dagger/step_<N>/<task>/1.0.0. Everything is resumable: a killed round
+is collected again from its checkpoint (seeded, so it is the same round), and a run killed later
+rebuilds its stream with exactly the rounds before its checkpoint. Episodes are seeded apart from
+`make eval`'s (which reset with seeds 0..episodes-1), so no evaluated episode is trained on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from data_pipelines import episodes, experts, onpolicy, prepare
+from gato_jax import cli
+from gato_jax.evaluate import checkpoint_task_hooks
+from gato_jax.load import load_checkpoint
+from gato_jax.rollout.checkpoint_eval import EvalSettings, TaskHooks, rollout_task
+from gato_jax.tokenizers.vocab import VocabLayout
+
+ROUNDS_DIR = "dagger"
+ROUND_SEED = 1_000_000  # Round episodes reset with ROUND_SEED + step * 1000 + index: never an eval seed.
+_LOG = logging.getLogger(__name__)
+
+
+def round_steps(config: ml_collections.ConfigDict) -> list[int]:
+    """The training steps at which a round runs, ascending ([] when DAgger is off)."""
+    dagger = config.get("dagger")
+    return sorted(int(s) for s in dagger.steps) if dagger is not None else []
+
+
+def round_tasks(config: ml_collections.ConfigDict) -> list[str]:
+    """config.dagger.tasks, or every control task of the mixture that has an expert."""
+    named = list(config.dagger.tasks)
+    if named:
+        return named
+    return [n for n in prepare.control_tasks(config) if n in experts.expert_factories()]
+
+
+def check(config: ml_collections.ConfigDict, process_count: int) -> None:
+    """UsageError for rounds that cannot run: a task outside the mixture or without an expert, or several
+    processes (a round is one process's rollout)."""
+    if not round_steps(config):
+        return
+    controls = prepare.control_tasks(config)
+    bad = [n for n in config.dagger.tasks if n not in controls or n not in experts.expert_factories()]
+    if bad:
+        raise cli.UsageError(f"config.dagger.tasks names {bad}, not control tasks of the mixture with an expert "
+                             f"({[n for n in controls if n in experts.expert_factories()]}); drop them.")
+    if not round_tasks(config):
+        raise cli.UsageError("config.dagger.steps is set but the mixture has no control task with an expert; "
+                             "set --config.dagger.steps='()'.")
+    if process_count > 1:
+        raise cli.UsageError(f"DAgger rounds run in one process and this run has {process_count}; "
+                             "set --config.dagger.steps='()' for a multi-process run.")
+
+
+def round_root(workdir: str | os.PathLike, step: int) -> Path:
+    return Path(workdir) / ROUNDS_DIR / f"step_{step}"
+
+
+def rounds_before(config: ml_collections.ConfigDict, workdir: str | os.PathLike, step: int) -> list[Path]:
+    """The round folders training after `step` reads (every round at or before it)."""
+    return [round_root(workdir, s) for s in round_steps(config) if s <= step]
+
+
+def next_stop(config: ml_collections.ConfigDict, step: int) -> int:
+    """Where training from `step` pauses next: the next round, else the end."""
+    return min([s for s in round_steps(config) if s > step] + [int(config.num_train_steps)])
+
+
+def collect_due(config: ml_collections.ConfigDict, workdir: str, step: int, dirs: Mapping[str, Path],
+                progress: bool = True) -> None:
+    """Collects every round at or before `step` that is not complete (a fresh run: none; a resumed one: a
+    round killed midway)."""
+    for s in round_steps(config):
+        if s <= step and any(not onpolicy.has_round(round_root(workdir, s), n) for n in round_tasks(config)):
+            collect_round(config, workdir, s, dirs, progress)
+
+
+def round_settings(config: ml_collections.ConfigDict, step: int) -> EvalSettings:
+    """The evaluation settings with the round's episode count and seeds."""
+    return EvalSettings.from_config(config)._replace(
+        episodes=int(config.dagger.episodes), seed=ROUND_SEED + 1000 * step, matched_error_episodes=0)
+
+
+def labelled_hooks(hooks: TaskHooks, wrap: Callable[[Any], Any]) -> TaskHooks:
+    """`hooks` whose environments are passed through `wrap` (the expert labelling every state)."""
+    return hooks._replace(make_env=lambda *args, **kwargs: wrap(hooks.make_env(*args, **kwargs)), shadow_expert=None)
+
+
+def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, dirs: Mapping[str, Path],
+                  progress: bool = True) -> Path:
+    """Plays the checkpoint of `step` on each round task still missing there; returns the round's folder."""
+    root = round_root(workdir, step)
+    loaded = load_checkpoint(workdir, step, expected_layout=VocabLayout.from_config(config))
+    hooks = checkpoint_task_hooks(dirs, loaded.config)
+    settings = round_settings(config, step)
+    for index, name in enumerate(round_tasks(config)):
+        if onpolicy.has_round(root, name):
+            continue
+        demos = episodes.load_episodes(dirs[name], name, "train")
+        key = jax.random.fold_in(jax.random.key(ROUND_SEED + int(config.seed)), step * 100 + index)
+
+        def play(wrap, name=name, demos=demos, key=key) -> dict[str, Any]:
+            result = rollout_task(loaded, name, settings, labelled_hooks(hooks, wrap), key, progress=progress,
+                                  demos=demos)
+            returns = [e.ret for e in result.episodes]
+            return {"model_returns": returns, "model_return": float(np.mean(returns)),
+                    "rollout_seconds": round(result.seconds, 1)}
+
+        where = onpolicy.record_round(name, root, loaded.task_specs[name], play,
+                                      {"round_step": step, "checkpoint": str(workdir), "settings": settings._asdict()})
+        meta = episodes.load_metadata(root, name)
+        _LOG.info("DAgger round at step %d: %s, %d episodes (%d steps), model return %.1f, in %s", step, name,
+                  meta["splits"]["train"], meta["steps"]["train"], meta["model_return"], where)
+    return root

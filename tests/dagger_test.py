@@ -1,0 +1,225 @@
+"""DAgger rounds: the model's own states labelled by the expert (data_pipelines.onpolicy), mixed into a task's
+training windows (data_pipelines.stream.with_onpolicy), collected at the configured steps of `make train`
+(gato_jax.dagger, gato_jax.main.train_in_stages)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from data_pipelines import episodes, experts, onpolicy, sources, stream, tasks
+from gato_jax import cli, dagger
+from gato_jax import main as train_lib
+from gato_jax.load import read_meta
+from gato_jax.tokenizers.vocab import VocabLayout
+
+TASK = "atari_breakout"
+PLAYED = [1, 1, 1, *([2, 2, 0, 3, 3, 0] * 5)]  # Serve, then sweep.
+
+
+def play_two_episodes(wrap, seen: list) -> dict:
+    """Two short episodes of a fixed action sequence in wrapped envs; `seen` gets each step's (frame, the
+    expert's action on a twin env that plays the same)."""
+    for seed in (3, 4):
+        env = wrap(tasks.make_env(TASK, sticky_actions=0.0, max_steps=12 + seed, seed=seed))
+        twin = tasks.make_env(TASK, sticky_actions=0.0, max_steps=12 + seed, seed=seed)
+        expert = experts.make_policy(TASK)
+        observation, _ = env.reset(seed=seed)
+        twin.reset(seed=seed)
+        expert.reset(twin, np.random.default_rng(0))
+        for action in PLAYED:
+            seen.append((observation["frame"], int(expert.act(twin, observation)["action"])))
+            observation, _, terminated, truncated, _ = env.step(action)
+            twin.step(action)
+            if terminated or truncated:
+                break
+        env.close()
+    return {"model_return": 0.0}
+
+
+@pytest.fixture(scope="module")
+def round_root(tmp_path_factory) -> tuple[Path, list]:
+    root, seen = tmp_path_factory.mktemp("round"), []
+    onpolicy.record_round(TASK, root, tasks.task_spec(TASK), lambda wrap: play_two_episodes(wrap, seen),
+                          {"round_step": 7})
+    return root, seen
+
+
+def test_a_round_is_a_task_dataset_of_the_models_states_and_the_experts_labels(round_root):
+    root, seen = round_root
+    stored = episodes.load_episodes(root, TASK, "train")
+    assert len(stored) == 2 and [len(ep["steps"]["reward"]) for ep in stored] == [15, 16]
+    frames = np.concatenate([ep["steps"]["observation"]["frame"] for ep in stored])
+    labels = np.concatenate([ep["steps"]["action"]["action"] for ep in stored])
+    np.testing.assert_array_equal(frames, np.stack([f for f, _ in seen]))
+    assert labels.tolist() == [a for _, a in seen] != PLAYED[:15] + PLAYED[:16]
+    meta = episodes.load_metadata(root, TASK)
+    assert meta["round_step"] == 7 and meta["splits"] == {"train": 2} and meta["steps"] == {"train": 31}
+    assert meta["policies"]["recorded"] == onpolicy.POLICY
+    with pytest.raises(ValueError, match="no split 'test'"):  # Training data only: held-out stays the expert's.
+        episodes.load_episodes(root, TASK, "test")
+    assert onpolicy.has_round(root, TASK) and not onpolicy.has_round(root, "atari_pong")
+
+
+def test_a_failed_or_empty_round_leaves_no_dataset(tmp_path):
+    def crash(wrap):
+        play_two_episodes(wrap, [])
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        onpolicy.record_round(TASK, tmp_path, tasks.task_spec(TASK), crash, {})
+    with pytest.raises(ValueError, match="no episode"):
+        onpolicy.record_round(TASK, tmp_path, tasks.task_spec(TASK), lambda wrap: {}, {})
+    with pytest.raises(ValueError, match="no expert"):
+        onpolicy.record_round("text", tmp_path, tasks.task_spec(TASK), lambda wrap: {}, {})
+    assert not onpolicy.has_round(tmp_path, TASK) and not list(tmp_path.glob(f"{TASK}/1.0.0*"))
+
+
+def stream_config(share: float) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict({"seq_len": 3 * 27, "data": {"prompt_prob": 0.0, "prompt_end_fraction": 0.5},
+                                        "dagger": {"share": share}})
+    return config
+
+
+def test_with_onpolicy_mixes_the_rounds_of_the_task_at_its_share(round_root, tmp_path):
+    root, _ = round_root
+    spec, layout = tasks.task_spec(TASK), VocabLayout(1000, 1024, 1024)
+    expert_episodes = [{"steps": {"observation": {"frame": np.zeros((9, 80, 80, 1), np.uint8)},
+                                  "action": {"action": np.zeros(9, np.int32)}}}]
+    expert = sources.ControlSource(spec, layout, sources.FlatEpisodes.from_episodes(expert_episodes, spec),
+                                   3 * 27, prompt_prob=0.0, prompt_end_fraction=0.5)
+    assert stream.with_onpolicy(stream_config(0.5), expert, [tmp_path], layout) is expert  # No round of it there.
+    mix = stream.with_onpolicy(stream_config(0.25), expert, [tmp_path, root], layout)
+    assert isinstance(mix, sources.SourceMix) and mix.sources[0] is expert
+    np.testing.assert_allclose(mix.cumulative, [0.75, 1.0])
+    assert mix.sources[1].prompt_episodes is expert.episodes and mix.sources[1].episodes.num_episodes == 2
+    only_rounds = stream.with_onpolicy(stream_config(1.0), expert, [root], layout)
+    for i in range(5):  # Every window from the round: Breakout's frames, never the expert's black ones.
+        assert only_rounds(np.random.default_rng(i)).patches.any()
+    assert not expert(np.random.default_rng(0)).patches.any()
+
+
+def smoke_config(steps=(5, 12)) -> ml_collections.ConfigDict:
+    config = cli.load_experiment("experiments/atari_mix.py:smoke")
+    config.unlock()
+    config.dagger.steps = steps
+    return config
+
+
+def test_round_steps_stops_and_tasks():
+    config = smoke_config((12, 5))
+    assert dagger.round_steps(config) == [5, 12]
+    assert [dagger.next_stop(config, s) for s in (0, 4, 5, 11, 12, 19)] == [5, 5, 12, 12, 20, 20]
+    assert dagger.rounds_before(config, "w", 11) == [Path("w/dagger/step_5")]
+    assert sorted(dagger.round_tasks(config)) == ["atari_boxing", "atari_breakout", "atari_freeway", "atari_pong"]
+    assert dagger.round_settings(config, 5).seed >= dagger.ROUND_SEED > config.eval.episodes
+    config.dagger.tasks = ("atari_pong",)
+    assert dagger.round_tasks(config) == ["atari_pong"]
+    dagger.check(config, 1)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (dict(tasks=("text",)), "not control tasks"),
+    (dict(tasks=("atari_pongg",)), "not control tasks"),
+    (dict(processes=2), "one process"),
+])
+def test_rounds_that_cannot_run_are_refused_in_one_line(change, says):
+    config = smoke_config()
+    config.dagger.tasks = change.get("tasks", ())
+    with pytest.raises(cli.UsageError, match=says):
+        dagger.check(config, change.get("processes", 1))
+
+
+def test_a_round_at_or_past_the_last_step_is_refused():
+    with pytest.raises(cli.UsageError, match="at or past num_train_steps"):
+        cli.check_config(smoke_config((5, 20)))
+    with pytest.raises(cli.UsageError, match="whole training steps"):
+        cli.check_config(smoke_config((0,)))
+
+
+def test_labelled_hooks_wrap_every_env_and_drop_the_shadow():
+    made, hooks = [], dagger.TaskHooks(make_env=lambda name, **kw: (name, kw), action_to_env=None,
+                                       load_episodes=None, load_metadata=None, windows=None,
+                                       shadow_expert=lambda *a: pytest.fail("shadowed"))
+    wrapped = dagger.labelled_hooks(hooks, lambda env: made.append(env) or "wrapped")
+    assert wrapped.make_env(TASK, seed=3) == "wrapped" and made == [(TASK, {"seed": 3})]
+    assert wrapped.shadow_expert is None
+
+
+class FakeRun:
+    """Stands in for checkpoints, collection, the stream and the trainer: records what each stage got."""
+
+    def __init__(self, monkeypatch, workdir: Path, step: int = 0, stop_short: bool = False):
+        self.step, self.workdir, self.stop_short, self.stages, self.collected = step, workdir, stop_short, [], []
+        monkeypatch.setattr(train_lib, "_latest_step", lambda w: self.step)
+        monkeypatch.setattr(dagger, "collect_round", self.collect)
+        monkeypatch.setattr(train_lib.stream, "build_train_data", self.build)
+        monkeypatch.setattr(train_lib, "train_and_evaluate", self.train)
+
+    def collect(self, config, workdir, step, dirs, progress=True):
+        self.collected.append(step)
+        for name in dagger.round_tasks(config):
+            where = episodes.dataset_dir(dagger.round_root(workdir, step), name)
+            where.mkdir(parents=True)
+            (where / "dataset_info.json").write_text("{}")
+
+    def build(self, config, process_index, process_count, dirs, onpolicy_roots=()):
+        return [Path(r).name for r in onpolicy_roots]
+
+    def train(self, config, workdir, data, stop_after):
+        self.stages.append((self.step, stop_after, data))
+        self.step = stop_after - (3 if self.stop_short else 0)
+        return [{"step": self.step}]
+
+
+def test_training_pauses_at_each_round_and_trains_on_the_rounds_before(monkeypatch, tmp_path):
+    run = FakeRun(monkeypatch, tmp_path)
+    rows = train_lib.train_in_stages(smoke_config(), str(tmp_path), {})
+    assert run.stages == [(0, 5, []), (5, 12, ["step_5"]), (12, 20, ["step_5", "step_12"])]
+    assert run.collected == [5, 12] and [r["step"] for r in rows] == [5, 12, 20]
+
+
+def test_a_resumed_run_collects_only_the_round_it_lost(monkeypatch, tmp_path):
+    run = FakeRun(monkeypatch, tmp_path)
+    run.collect(smoke_config(), str(tmp_path), 5, {})
+    run.collected, run.step = [], 12  # Killed while collecting the round at 12.
+    train_lib.train_in_stages(smoke_config(), str(tmp_path), {})
+    assert run.collected == [12] and run.stages == [(12, 20, ["step_5", "step_12"])]
+
+
+def test_a_stage_stopped_by_a_signal_ends_training(monkeypatch, tmp_path):
+    run = FakeRun(monkeypatch, tmp_path, stop_short=True)
+    train_lib.train_in_stages(smoke_config(), str(tmp_path), {})
+    assert run.stages == [(0, 5, [])] and run.collected == []
+
+
+def test_without_rounds_training_is_one_stage(monkeypatch, tmp_path):
+    run = FakeRun(monkeypatch, tmp_path)
+    train_lib.train_in_stages(smoke_config(()), str(tmp_path), {})
+    assert run.stages == [(0, 20, [])]
+
+
+@pytest.mark.slow
+def test_make_train_collects_the_round_and_a_lost_round_comes_back_the_same(tmp_path, monkeypatch):
+    """`make train EXP=atari_mix:smoke` end to end (its round at step 10 of 20): every game's round is stored,
+    the checkpoint after it names the round, and a round lost with the checkpoints after it is collected
+    again from the step-10 checkpoint, step for step the same (seeded play, seeded sampling)."""
+    monkeypatch.setenv("GATO_DATA_DIR", str(tmp_path / "data"))
+    workdir = tmp_path / "run"
+    smoke = ["--config", "experiments/atari_mix.py:smoke", "--workdir", str(workdir)]
+    assert train_lib.main(smoke) == 0
+    root = dagger.round_root(workdir, 10)
+    first = {n: episodes.load_episodes(root, n, "train") for n in dagger.round_tasks(smoke_config())}
+    assert len(first) == 4 and all(len(eps) == 2 for eps in first.values())
+    assert read_meta(str(workdir)).data["onpolicy_rounds"] == [str(root)]
+    frames = first[TASK][0]["steps"]["observation"]["frame"].copy()
+    labels = first[TASK][0]["steps"]["action"]["action"].copy()
+    shutil.rmtree(root / TASK)
+    shutil.rmtree(workdir / "checkpoints" / "20")
+    assert train_lib.main(smoke) == 0
+    again = episodes.load_episodes(root, TASK, "train")[0]["steps"]
+    np.testing.assert_array_equal(again["observation"]["frame"], frames)
+    np.testing.assert_array_equal(again["action"]["action"], labels)
