@@ -298,7 +298,8 @@ def _fingerprint(spec: TaskSpec, metadata: Mapping) -> str:
 
 def _control_sources(config, dirs: Mapping[str, Path], layout: VocabLayout,
                      onpolicy_roots: Sequence[Path] = ()) -> tuple[dict, dict, dict]:
-    """(train sources, test sources, TaskSpec by task), all specs checked before any cache is built.
+    """(train sources, test sources, TaskSpec by task), the expert datasets' specs checked before any cache
+    is built (a round's spec is checked before its own cache).
 
     A task with DAgger rounds in `onpolicy_roots` trains on `config.dagger.share` of its windows from them
     (`with_onpolicy`); its held-out windows stay the expert's test split."""

@@ -2,9 +2,10 @@
 
 Command:  make train EXP=atari_mix && make eval EXP=atari_mix   (smoke run: make train EXP=atari_mix:smoke)
 Machine:  2 CPU cores, no GPU (2026-11-30, JAX 0.10.2).
-Wall time: training ~61 min (3000 steps of 16 x 256 tokens, ~1-1.3 s/step, and one DAgger round at step
-          2000 that took 6 min; data already prepared), evaluation 14 min 14 s (50 episodes per task, 25
-          envs, sticky actions 0.25, 1000-step cap, prompted).
+Wall time: training ~61 min, over the 60-minute budget by about a minute (3000 steps of 16 x 256 tokens at
+          1-1.3 s/step, and one DAgger round at step 2000 that took 6 min; data already prepared; composed
+          from the no-round run's first 2000 steps and the measured rest, README "Results"), evaluation
+          14 min 14 s (50 episodes per task, 25 envs, sticky actions 0.25, 1000-step cap, prompted).
 Data:     experts that act on the frame (positions now, velocities from the last frames), recorded with
           DART noise in the executed actions and the expert's clean action as every label; at step 2000
           the model plays 25 episodes of each game and the experts label every state it reached (DAgger),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,9 @@ from gato_jax.rollout.checkpoint_eval import EvalSettings, TaskHooks, rollout_ta
 from gato_jax.tokenizers.vocab import VocabLayout
 
 ROUNDS_DIR = "dagger"
-ROUND_SEED = 1_000_000  # Round episodes reset with ROUND_SEED + step * 1000 + index: never an eval seed.
+# Round episodes reset with ROUND_SEED + 1000 * step + index (config.dagger.episodes < 1000, so rounds never
+# share a seed) and `make eval`'s with config.seed + index: apart while config.seed < ROUND_SEED.
+ROUND_SEED = 1_000_000
 _LOG = logging.getLogger(__name__)
 
 
@@ -65,13 +67,28 @@ def check(config: ml_collections.ConfigDict, process_count: int) -> None:
     if not round_tasks(config):
         raise cli.UsageError("config.dagger.steps is set but the mixture has no control task with an expert; "
                              "set --config.dagger.steps='()'.")
+    if float(config.dagger.share) == 0.0:
+        raise cli.UsageError("config.dagger.share=0 draws nothing from the rounds it collects; set "
+                             "--config.dagger.share above 0, or --config.dagger.steps='()' to skip the rounds.")
     if process_count > 1:
         raise cli.UsageError(f"DAgger rounds run in one process and this run has {process_count}; "
                              "set --config.dagger.steps='()' for a multi-process run.")
 
 
 def round_root(workdir: str | os.PathLike, step: int) -> Path:
+    """Where the round collected at `step` lives in the run."""
     return Path(workdir) / ROUNDS_DIR / f"step_{step}"
+
+
+def check_resumed_rounds(config: ml_collections.ConfigDict, trained_on: Sequence[str], step: int) -> None:
+    """UsageError when the checkpoint at `step` trained on other rounds than this config puts before it
+    (config.dagger.steps changed between runs): resuming would silently change the run's data."""
+    had = sorted(Path(p).name for p in trained_on)
+    wanted = sorted(round_root("", s).name for s in round_steps(config) if s < step)
+    if had != wanted:
+        raise cli.UsageError(f"The checkpoint at step {step} trained on DAgger rounds {had or 'none'}, but "
+                             f"config.dagger.steps={tuple(round_steps(config))} puts {wanted or 'none'} before it; "
+                             "resume with the config.dagger.steps it was trained with, or use a fresh --workdir.")
 
 
 def rounds_before(config: ml_collections.ConfigDict, workdir: str | os.PathLike, step: int) -> list[Path]:

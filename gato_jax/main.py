@@ -8,8 +8,11 @@ exit status; `--debug` (or GATO_DEBUG=1) shows the traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import jax
+import ml_collections
 from absl import flags
 
 from data_pipelines import prepare, stream
@@ -33,30 +36,35 @@ def check_resumable(config, workdir: str) -> None:
     """A checkpoint already in `workdir` must be of this model and vocabulary (read before any data is built)."""
     if has_checkpoints(workdir):
         check_compatible(read_meta(workdir), config, VocabLayout.from_config(config), checkpoint_root(workdir))
+        _resume_step(config, workdir)  # Its DAgger rounds are this config's.
 
 
-def _latest_step(workdir: str) -> int:
+def _resume_step(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """The step training resumes from: the newest readable checkpoint (a damaged newer one is set aside, as
+    the trainer does), 0 for a fresh run; checked to have trained on the DAgger rounds this config gives it."""
     if not has_checkpoints(workdir):
         return 0
-    checkpointer = Checkpointer(workdir, read_only=True)
+    checkpointer = Checkpointer(workdir)
     try:
-        return checkpointer.latest_step() or 0
+        meta, step = checkpointer.restore_meta_and_step()
     finally:
         checkpointer.close()
+    dagger.check_resumed_rounds(config, meta.data.get("onpolicy_rounds", []), step)
+    return step
 
 
-def train_in_stages(config, workdir: str, dirs) -> list[dict]:
+def train_in_stages(config: ml_collections.ConfigDict, workdir: str, dirs: Mapping[str, Path]) -> list[dict]:
     """Trains to config.num_train_steps, pausing at each DAgger round (`gato_jax.dagger`) to collect it; the
     stream of each stage holds the rounds before it. Without rounds this is one `train_and_evaluate`."""
     rows: list[dict] = []
     while True:
-        step = _latest_step(workdir)
+        step = _resume_step(config, workdir)
         dagger.collect_due(config, workdir, step, dirs)
         stop = dagger.next_stop(config, step)
         data = stream.build_train_data(config, jax.process_index(), jax.process_count(), dirs,
                                        onpolicy_roots=dagger.rounds_before(config, workdir, step))
         rows += train_and_evaluate(config, workdir, data, stop_after=stop)
-        if stop >= config.num_train_steps or _latest_step(workdir) < stop:  # Done, or stopped by a signal.
+        if stop >= config.num_train_steps or _resume_step(config, workdir) < stop:  # Done, or stopped by a signal.
             return rows
 
 

@@ -75,7 +75,7 @@ def test_a_failed_or_empty_round_leaves_no_dataset(tmp_path):
         onpolicy.record_round(TASK, tmp_path, tasks.task_spec(TASK), lambda wrap: {}, {})
     with pytest.raises(ValueError, match="no expert"):
         onpolicy.record_round("text", tmp_path, tasks.task_spec(TASK), lambda wrap: {}, {})
-    assert not onpolicy.has_round(tmp_path, TASK) and not list(tmp_path.glob(f"{TASK}/1.0.0*"))
+    assert not onpolicy.has_round(tmp_path, TASK) and not list((tmp_path / TASK).iterdir())  # No half folder.
 
 
 def stream_config(share: float) -> ml_collections.ConfigDict:
@@ -115,7 +115,9 @@ def test_round_steps_stops_and_tasks():
     assert [dagger.next_stop(config, s) for s in (0, 4, 5, 11, 12, 19)] == [5, 5, 12, 12, 20, 20]
     assert dagger.rounds_before(config, "w", 11) == [Path("w/dagger/step_5")]
     assert sorted(dagger.round_tasks(config)) == ["atari_boxing", "atari_breakout", "atari_freeway", "atari_pong"]
-    assert dagger.round_settings(config, 5).seed >= dagger.ROUND_SEED > config.eval.episodes
+    rounds = [set(dagger.round_settings(config, s).seed + np.arange(config.dagger.episodes)) for s in (5, 12)]
+    evaluated = set(config.seed + np.arange(config.eval.episodes))  # `make eval` resets with these.
+    assert not rounds[0] & rounds[1] and not (rounds[0] | rounds[1]) & evaluated
     config.dagger.tasks = ("atari_pong",)
     assert dagger.round_tasks(config) == ["atari_pong"]
     dagger.check(config, 1)
@@ -125,19 +127,36 @@ def test_round_steps_stops_and_tasks():
     (dict(tasks=("text",)), "not control tasks"),
     (dict(tasks=("atari_pongg",)), "not control tasks"),
     (dict(processes=2), "one process"),
+    (dict(share=0.0), "draws nothing"),
 ])
 def test_rounds_that_cannot_run_are_refused_in_one_line(change, says):
     config = smoke_config()
     config.dagger.tasks = change.get("tasks", ())
+    config.dagger.share = change.get("share", 0.5)
     with pytest.raises(cli.UsageError, match=says):
         dagger.check(config, change.get("processes", 1))
 
 
-def test_a_round_at_or_past_the_last_step_is_refused():
-    with pytest.raises(cli.UsageError, match="at or past num_train_steps"):
-        cli.check_config(smoke_config((5, 20)))
-    with pytest.raises(cli.UsageError, match="whole training steps"):
-        cli.check_config(smoke_config((0,)))
+@pytest.mark.parametrize(("steps", "episodes", "says"), [
+    ((5, 20), 2, "at or past num_train_steps"), ((0,), 2, "distinct whole training steps"),
+    ((5, 5), 2, "distinct whole training steps"), ((5,), 1000, "in 1..999"),
+])
+def test_bad_round_settings_are_refused(steps, episodes, says):
+    config = smoke_config(steps)
+    config.dagger.episodes = episodes
+    with pytest.raises(cli.UsageError, match=says):
+        cli.check_config(config)
+
+
+def test_resuming_with_other_rounds_than_the_checkpoint_trained_on_is_refused():
+    config = smoke_config((5, 12))
+    dagger.check_resumed_rounds(config, [], 5)  # The round at 5 is collected after the step-5 checkpoint.
+    dagger.check_resumed_rounds(config, ["/elsewhere/dagger/step_5"], 12)  # Compared by round, not path.
+    dagger.check_resumed_rounds(config, ["w/dagger/step_5", "w/dagger/step_12"], 17)
+    with pytest.raises(cli.UsageError, match=r"trained on DAgger rounds \['step_5'\], but .* puts none"):
+        dagger.check_resumed_rounds(smoke_config(()), ["w/dagger/step_5"], 12)
+    with pytest.raises(cli.UsageError, match="resume with the config.dagger.steps it was trained with"):
+        dagger.check_resumed_rounds(smoke_config((3, 12)), ["w/dagger/step_5"], 12)
 
 
 def test_labelled_hooks_wrap_every_env_and_drop_the_shadow():
@@ -154,7 +173,7 @@ class FakeRun:
 
     def __init__(self, monkeypatch, workdir: Path, step: int = 0, stop_short: bool = False):
         self.step, self.workdir, self.stop_short, self.stages, self.collected = step, workdir, stop_short, [], []
-        monkeypatch.setattr(train_lib, "_latest_step", lambda w: self.step)
+        monkeypatch.setattr(train_lib, "_resume_step", lambda config, w: self.step)
         monkeypatch.setattr(dagger, "collect_round", self.collect)
         monkeypatch.setattr(train_lib.stream, "build_train_data", self.build)
         monkeypatch.setattr(train_lib, "train_and_evaluate", self.train)

@@ -144,7 +144,7 @@ class ExpertLabels(gymnasium.Wrapper):
         self._observation = observation
         return observation, info
 
-    def step(self, action):
+    def step(self, action: int | np.ndarray) -> tuple[Mapping[str, np.ndarray], float, bool, bool, dict]:
         self._labels.append(self.expert.act(self.env, self._observation))
         self._observations.append(self._observation)
         observation, reward, terminated, truncated, info = self.env.step(action)

@@ -182,11 +182,16 @@ class Checkpointer:
 
     def restore_meta(self, step: int | None = None) -> CheckpointMeta:
         """Only the metadata: enough to rebuild the model and tokenizers before restoring weights."""
+        return self.restore_meta_and_step(step)[0]
+
+    def restore_meta_and_step(self, step: int | None = None) -> tuple[CheckpointMeta, int]:
+        """`restore_meta` and the step it read: the newest readable one when `step` is None (where a run resumes)."""
         def read(s: int):
             restored = self.manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             return (CheckpointMeta.from_json(restored["meta"], self.directory),)
 
-        return self._first_readable(step, read)[0]
+        meta, found = self._first_readable(step, read)
+        return meta, found
 
     def _first_readable(self, step: int | None, read: Callable[[int], tuple]) -> tuple:
         """read(step) for the given step, or for the newest step that reads. Newer steps that did not read
