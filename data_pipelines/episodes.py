@@ -274,7 +274,7 @@ def features(spec: TaskSpec):
 
 
 def make_builder(spec: TaskSpec, data_dir: str | os.PathLike, splits: Mapping[str, list[dict]],
-                 metadata: Mapping[str, Any]):
+                 metadata: Mapping[str, Any], description: str = ""):
     """A GeneratorBasedBuilder named after the task that writes the given recorded episodes.
 
     splits: split name -> episode summaries from `play` (with 'path' to the saved steps).
@@ -293,7 +293,7 @@ def make_builder(spec: TaskSpec, data_dir: str | os.PathLike, splits: Mapping[st
         def _info(self):
             return tfds.core.DatasetInfo(builder=self, features=features(spec),
                                          metadata=tfds.core.MetadataDict(metadata),
-                                         description=f"Expert demonstrations of {spec.name}.")
+                                         description=description or f"Expert demonstrations of {spec.name}.")
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(eps) for split, eps in splits.items() if eps}
@@ -454,7 +454,7 @@ def _metadata(name: str, spec: TaskSpec, wanted: Mapping, recorded: list[dict], 
 
 
 def write_dataset(spec: TaskSpec, out: Path, splits: Mapping[str, list], metadata: Mapping,
-                  progress: bool) -> None:
+                  progress: bool, description: str = "") -> None:
     """Writes the splits with TFDS into `out` (the future `<task>/1.0.0`), then drops the scratch."""
     from tensorflow_datasets.core.utils import tqdm_utils
 
@@ -462,7 +462,7 @@ def write_dataset(spec: TaskSpec, out: Path, splits: Mapping[str, list], metadat
     shown = getattr(tqdm_utils, "_active", True)
     tqdm_utils.display_progress_bar(progress)
     try:
-        builder = make_builder(spec, scratch, splits, metadata)
+        builder = make_builder(spec, scratch, splits, metadata, description)
         builder.download_and_prepare(download_dir=str(out / "_downloads"))
     finally:
         tqdm_utils.display_progress_bar(shown)

@@ -14,6 +14,7 @@ killed round leaves no half dataset and a rerun collects only the tasks still mi
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -65,7 +66,7 @@ def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Calla
     final = episodes.dataset_dir(root, name)
     with published.atomic_directory(final, replace=True) as tmp:
         sink = EpisodeSink(tmp / "_episodes")
-        seeds = iter(range(1 << 30))
+        seeds = itertools.count()
         wrap = lambda env: experts.ExpertLabels(env, experts.make_policy(name), sink, seed=next(seeds))
         summary = dict(play(wrap))
         if not sink.episodes:
@@ -75,5 +76,6 @@ def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Calla
                 "labels": "the expert's action for the state the model reached (DAgger)",
                 "splits": {"train": len(sink.episodes)}, "steps": {"train": int(sum(lengths))},
                 "returns": [ep["return"] for ep in sink.episodes]}
-        episodes.write_dataset(spec, tmp, {"train": sink.episodes}, info, progress=False)
+        episodes.write_dataset(spec, tmp, {"train": sink.episodes}, info, progress=False,
+                               description=f"The model's own states in {name}, labelled by its expert (DAgger).")
     return final

@@ -59,6 +59,8 @@ def test_a_round_is_a_task_dataset_of_the_models_states_and_the_experts_labels(r
     meta = episodes.load_metadata(root, TASK)
     assert meta["round_step"] == 7 and meta["splits"] == {"train": 2} and meta["steps"] == {"train": 31}
     assert meta["policies"]["recorded"] == onpolicy.POLICY
+    info = (episodes.dataset_dir(root, TASK) / "dataset_info.json").read_text()
+    assert "labelled by its expert (DAgger)" in info and "Expert demonstrations" not in info
     with pytest.raises(ValueError, match="no split 'test'"):  # Training data only: held-out stays the expert's.
         episodes.load_episodes(root, TASK, "test")
     assert onpolicy.has_round(root, TASK) and not onpolicy.has_round(root, "atari_pong")
