@@ -55,11 +55,13 @@ def has_round(root: str | os.PathLike, name: str) -> bool:
 
 
 def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Callable[[WrapEnv], Mapping[str, Any]],
-                 metadata: Mapping[str, Any]) -> Path:
+                 metadata: Mapping[str, Any], beta: float = 0.0) -> Path:
     """Runs `play(wrap)` (the entry point's rollout of the model, every env it makes passed through `wrap`)
     with the task's expert labelling every step, and writes the episodes as `<root>/<name>/1.0.0`.
 
-    `play` returns a summary (returns, settings) that joins `metadata` in the dataset's metadata.json.
+    On a share `beta` of steps the expert's action is executed instead of the model's (`ExpertLabels`);
+    the metadata records beta and the share of steps that did. `play` returns a summary (returns,
+    settings) that joins `metadata` in the dataset's metadata.json.
     """
     if name not in experts.expert_factories():
         raise ValueError(f"Task {name!r} has no expert to label its states; drop it from config.dagger.tasks.")
@@ -67,13 +69,19 @@ def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Calla
     with published.atomic_directory(final, replace=True) as tmp:
         sink = EpisodeSink(tmp / "_episodes")
         seeds = itertools.count()
-        wrap = lambda env: experts.ExpertLabels(env, experts.make_policy(name), sink, seed=next(seeds))
+        wrapped: list[experts.ExpertLabels] = []
+
+        def wrap(env: gymnasium.Env) -> gymnasium.Env:
+            wrapped.append(experts.ExpertLabels(env, experts.make_policy(name), sink, seed=next(seeds), beta=beta))
+            return wrapped[-1]
+
         summary = dict(play(wrap))
         if not sink.episodes:
             raise ValueError(f"The DAgger round of {name!r} finished no episode; raise config.dagger.episodes.")
         lengths = [ep["length"] for ep in sink.episodes]
         info = {**metadata, **summary, "task": name, "task_spec": spec.to_json(), "policies": {"recorded": POLICY},
-                "labels": "the expert's action for the state the model reached (DAgger)",
+                "labels": "the expert's action for the state the model reached (DAgger)", "beta": beta,
+                "expert_executed_share": sum(w.expert_steps for w in wrapped) / max(1, sum(w.steps for w in wrapped)),
                 "splits": {"train": len(sink.episodes)}, "steps": {"train": int(sum(lengths))},
                 "returns": [ep["return"] for ep in sink.episodes]}
         episodes.write_dataset(spec, tmp, {"train": sink.episodes}, info, progress=False,

@@ -292,6 +292,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.fewshot_train_one_difference", _probability, "a share in [0, 1]"),
     ("dagger.episodes", lambda x: _positive(x) and x < 1000, "in 1..999 (rounds' episode seeds are 1000 apart)"),
     ("dagger.share", _probability, "a share in [0, 1]"),
+    ("dagger.beta", _probability, "a probability in [0, 1] (0: the model acts on every step of a round)"),
     ("dagger.steps", lambda xs: all(_positive(x) and int(x) == x for x in xs) and len(set(xs)) == len(xs),
      "distinct whole training steps > 0"),
     ("eval.episodes", _positive, "> 0"),

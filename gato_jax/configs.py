@@ -204,10 +204,15 @@ def base_config() -> ml_collections.ConfigDict:
     # run pauses: the checkpoint plays `episodes` episodes of each task in `tasks` (() = every control task
     # of the mixture that has an expert) under the evaluation settings, each state it reaches labelled with
     # the expert's action; the rest of training draws `share` of that task's windows from these rounds.
+    # `beta`: the share of a round's steps on which the expert's action is executed instead of the model's
+    # (DAgger's mixing; every step keeps the expert's label either way), in the round tasks named in
+    # `mixed_tasks` (() = every round task); the others' rounds are the model's play alone.
     c.dagger = ml_collections.ConfigDict()
     c.dagger.steps = ()
     c.dagger.episodes = 25
     c.dagger.share = 0.5
+    c.dagger.beta = 0.0
+    c.dagger.mixed_tasks = ()
     c.dagger.tasks = ()
 
     c.eval = ml_collections.ConfigDict()

@@ -5,7 +5,9 @@ example of what to do there: `make eval` measured Breakout's model agreeing with
 the expert's held-out steps but on 15% of its own (README "Results"). A round fixes the data, not the
 model: at each step in `config.dagger.steps` training pauses (a checkpoint is written there anyway),
 that checkpoint plays `config.dagger.episodes` episodes per task under the evaluation settings (sticky
-actions, step cap, prompts from the expert's *training* episodes, sampling temperature), every state it
+actions, step cap, prompts from the expert's *training* episodes, sampling temperature; on a share
+`config.dagger.beta` of steps, in `config.dagger.mixed_tasks`, the expert's action is executed instead:
+DAgger's mixing), every state it
 reaches is labelled with the expert's action (`data_pipelines.onpolicy`), and training resumes with
 `config.dagger.share` of each such task's windows drawn from all rounds so far.
 
@@ -54,16 +56,24 @@ def round_tasks(config: ml_collections.ConfigDict) -> list[str]:
     return [n for n in prepare.control_tasks(config) if n in experts.expert_factories()]
 
 
+def round_beta(config: ml_collections.ConfigDict, name: str) -> float:
+    """The share of steps on which task `name`'s round executes the expert's action (config.dagger.beta in
+    config.dagger.mixed_tasks, or in every round task when that is empty; else 0)."""
+    mixed = list(config.dagger.get("mixed_tasks", ()))
+    return float(config.dagger.get("beta", 0.0)) if not mixed or name in mixed else 0.0
+
+
 def check(config: ml_collections.ConfigDict, process_count: int) -> None:
     """UsageError for rounds that cannot run: a task outside the mixture or without an expert, or several
     processes (a round is one process's rollout)."""
     if not round_steps(config):
         return
     controls = prepare.control_tasks(config)
-    bad = [n for n in config.dagger.tasks if n not in controls or n not in experts.expert_factories()]
-    if bad:
-        raise cli.UsageError(f"config.dagger.tasks names {bad}, not control tasks of the mixture with an expert "
-                             f"({[n for n in controls if n in experts.expert_factories()]}); drop them.")
+    for field in ("tasks", "mixed_tasks"):
+        bad = [n for n in config.dagger.get(field, ()) if n not in controls or n not in experts.expert_factories()]
+        if bad:
+            raise cli.UsageError(f"config.dagger.{field} names {bad}, not control tasks of the mixture with an "
+                                 f"expert ({[n for n in controls if n in experts.expert_factories()]}); drop them.")
     if not round_tasks(config):
         raise cli.UsageError("config.dagger.steps is set but the mixture has no control task with an expert; "
                              "set --config.dagger.steps='()'.")
@@ -142,8 +152,10 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, di
                     "rollout_seconds": round(result.seconds, 1)}
 
         where = onpolicy.record_round(name, root, loaded.task_specs[name], play,
-                                      {"round_step": step, "checkpoint": str(workdir), "settings": settings._asdict()})
+                                      {"round_step": step, "checkpoint": str(workdir), "settings": settings._asdict()},
+                                      beta=round_beta(config, name))
         meta = episodes.load_metadata(root, name)
-        _LOG.info("DAgger round at step %d: %s, %d episodes (%d steps), model return %.1f, in %s", step, name,
-                  meta["splits"]["train"], meta["steps"]["train"], meta["model_return"], where)
+        _LOG.info("DAgger round at step %d: %s, %d episodes (%d steps, the expert's action executed on %.2f), "
+                  "return %.1f, in %s", step, name, meta["splits"]["train"], meta["steps"]["train"],
+                  meta["expert_executed_share"], meta["model_return"], where)
     return root

@@ -59,6 +59,7 @@ def test_a_round_is_a_task_dataset_of_the_models_states_and_the_experts_labels(r
     meta = episodes.load_metadata(root, TASK)
     assert meta["round_step"] == 7 and meta["splits"] == {"train": 2} and meta["steps"] == {"train": 31}
     assert meta["policies"]["recorded"] == onpolicy.POLICY
+    assert meta["beta"] == 0.0 and meta["expert_executed_share"] == 0.0  # The model acted on every step.
     info = (episodes.dataset_dir(root, TASK) / "dataset_info.json").read_text()
     assert "labelled by its expert (DAgger)" in info and "Expert demonstrations" not in info
     with pytest.raises(ValueError, match="no split 'test'"):  # Training data only: held-out stays the expert's.
@@ -125,15 +126,27 @@ def test_round_steps_stops_and_tasks():
     dagger.check(config, 1)
 
 
+def test_the_expert_co_drives_only_the_mixed_tasks_rounds():
+    config = smoke_config()
+    config.dagger.beta, config.dagger.mixed_tasks = 0.5, ()
+    assert {dagger.round_beta(config, n) for n in dagger.round_tasks(config)} == {0.5}  # () = every round task.
+    config.dagger.mixed_tasks = ("atari_breakout", "atari_boxing")
+    assert [dagger.round_beta(config, n) for n in ("atari_breakout", "atari_boxing", "atari_pong")] == [0.5, 0.5, 0.0]
+    config.dagger.beta = 0.0
+    assert dagger.round_beta(config, "atari_breakout") == 0.0
+
+
 @pytest.mark.parametrize(("change", "says"), [
     (dict(tasks=("text",)), "not control tasks"),
     (dict(tasks=("atari_pongg",)), "not control tasks"),
     (dict(processes=2), "one process"),
     (dict(share=0.0), "draws nothing"),
+    (dict(mixed=("captions",)), "mixed_tasks names \\['captions'\\], not control tasks"),
 ])
 def test_rounds_that_cannot_run_are_refused_in_one_line(change, says):
     config = smoke_config()
     config.dagger.tasks = change.get("tasks", ())
+    config.dagger.mixed_tasks = change.get("mixed", ())
     config.dagger.share = change.get("share", 0.5)
     with pytest.raises(cli.UsageError, match=says):
         dagger.check(config, change.get("processes", 1))

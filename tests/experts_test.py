@@ -303,3 +303,40 @@ def test_expert_labels_keep_the_players_states_with_the_experts_actions():
         assert [int(label["action"]) for label in labels] == wanted and len(set(wanted)) > 1
         assert wanted != played[:len(wanted)] and kept_rewards == rewards and len(wanted) == 40
         assert not kept_terminated  # Truncated at the step cap, not a game over.
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_expert_labels_execute_the_experts_action_on_a_share_beta_of_steps(beta):
+    """DAgger's mixing: on a share beta of steps the expert's action runs instead of the player's, the
+    label is the expert's on every step, and the draws are seeded (a recollected round is the same)."""
+    def run() -> tuple[list[int], list[int], experts.ExpertLabels]:
+        kept, executed = [], []
+        inner = tasks.make_env("atari_breakout", sticky_actions=0.0, max_steps=60, seed=0)
+        step = inner.step
+        inner.step = lambda action: (executed.append(int(action)), step(action))[1]
+        env = experts.ExpertLabels(inner, experts.make_policy("atari_breakout"), lambda *e: kept.append(e),
+                                   seed=3, beta=beta)
+        env.reset(seed=0)
+        for _ in range(60):
+            if any(env.step(0)[2:4]):
+                break
+        env.close()
+        return [int(label["action"]) for label in kept[0][1]], executed, env
+
+    labels, executed, env = run()
+    expert_steps = [i for i, a in enumerate(executed) if a != 0]
+    assert all(executed[i] == labels[i] for i in expert_steps)  # What ran instead of NOOP was the label.
+    assert env.steps == len(labels) == 60 and env.expert_steps >= len(expert_steps)
+    if beta == 0.0:
+        assert executed == [0] * 60 and env.expert_steps == 0
+    elif beta == 1.0:
+        assert executed == labels and env.expert_steps == 60
+    else:
+        assert 15 <= env.expert_steps <= 45 and expert_steps  # About half, and the expert did act.
+    assert run()[:2] == (labels, executed)  # Seeded.
+
+
+def test_expert_labels_refuse_a_beta_outside_0_1():
+    with pytest.raises(ValueError, match="beta is a probability"):
+        experts.ExpertLabels(tasks.make_env("atari_freeway", max_steps=10, seed=0),
+                             experts.make_policy("atari_freeway"), lambda *e: None, beta=1.5)

@@ -112,17 +112,28 @@ class ExpertShadow(gymnasium.Wrapper):
 class ExpertLabels(gymnasium.Wrapper):
     """Keeps every state the wrapped env's player reaches, labelled with the expert's action for it (DAgger):
     each episode (the steps between two resets, or a reset and `close`) goes to `on_episode(observations,
-    labels, rewards, terminated)`. The player's actions are executed unchanged.
+    labels, rewards, terminated)`. The player's actions are executed, except on a share `beta` of steps
+    (drawn independently per step) where the expert's own action is executed instead.
 
     Behaviour cloning learns the expert's states; the states its own errors lead to are where it fails
     (`ExpertShadow` measures that). Labelling exactly those states with what the expert would have done
     and training on them is DAgger (Ross et al. 2011). The expert runs as when it plays: reset with the
     episode and asked every step, so its velocity estimates see consecutive frames.
+
+    `beta` is DAgger's mixing (the rollout policy is the expert with probability beta, else the player):
+    a weak player alone can stay in one situation for most of an episode (Breakout's model rarely serves,
+    so 81% of its round's labels were FIRE on ball-less screens); the expert's share moves the episode on
+    into the states the player would meet next, while every state is still one the player helped reach.
     """
 
-    def __init__(self, env: gymnasium.Env, expert: Policy, on_episode: Callable[..., None], seed: int = 0):
+    def __init__(self, env: gymnasium.Env, expert: Policy, on_episode: Callable[..., None], seed: int = 0,
+                 beta: float = 0.0):
         super().__init__(env)
-        self.expert, self.on_episode, self._rng = expert, on_episode, np.random.default_rng(seed)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"ExpertLabels' beta is a probability; got {beta}.")
+        self.expert, self.on_episode, self.beta = expert, on_episode, float(beta)
+        self._rng, self._mix_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+        self.steps = self.expert_steps = 0  # Steps taken, and of them those that executed the expert's action.
         self._observation: Mapping[str, np.ndarray] = {}
         self._clear()
 
@@ -145,8 +156,12 @@ class ExpertLabels(gymnasium.Wrapper):
         return observation, info
 
     def step(self, action: int | np.ndarray) -> tuple[Mapping[str, np.ndarray], float, bool, bool, dict]:
-        self._labels.append(self.expert.act(self.env, self._observation))
+        label = self.expert.act(self.env, self._observation)
+        self._labels.append(label)
         self._observations.append(self._observation)
+        self.steps += 1
+        if self.beta and self._mix_rng.random() < self.beta:
+            action, self.expert_steps = label["action"], self.expert_steps + 1
         observation, reward, terminated, truncated, info = self.env.step(action)
         self._rewards.append(float(reward))
         self._terminated = bool(terminated)
