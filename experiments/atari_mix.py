@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # experts label every state it reached, and the last 1000 steps draw half of each game's windows there.
     # In Breakout and Boxing the expert co-drives half the round's steps (beta): alone, Breakout's model
     # rarely served and 81% of its round was FIRE labels on ball-less screens (Breakout 0.07 -> 0.01; with
-    # beta 0.09, back to the no-round level). Pong learns from its own misses: beta 0.5 there gave 0.17 against 0.33 without.
+    # beta 0.09, back to the no-round level). Pong learns from its own misses: beta 0.5 there gave 0.17
+    # against 0.33 without.
     c.dagger.steps = (2000,)
     c.dagger.beta, c.dagger.mixed_tasks = 0.5, ("atari_breakout", "atari_boxing")
     return configs.finalize(c, arg, "atari_mix")
