@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from data_pipelines import episodes, experts, published
+from data_pipelines import episodes, experts, published, tasks
 from gato_jax.tokenizers.spec import TaskSpec
 
 POLICY = "model, expert labels"  # Every round episode's `policy` in its metadata.
@@ -72,7 +72,8 @@ def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Calla
         wrapped: list[experts.ExpertLabels] = []
 
         def wrap(env: gymnasium.Env) -> gymnasium.Env:
-            wrapped.append(experts.ExpertLabels(env, experts.make_policy(name), sink, seed=next(seeds), beta=beta))
+            wrapped.append(experts.ExpertLabels(env, experts.make_policy(name), sink, seed=next(seeds), beta=beta,
+                                                to_env=lambda label: tasks.action_to_env(name, label)))
             return wrapped[-1]
 
         summary = dict(play(wrap))

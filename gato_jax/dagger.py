@@ -114,10 +114,24 @@ def next_stop(config: ml_collections.ConfigDict, step: int) -> int:
 def collect_due(config: ml_collections.ConfigDict, workdir: str, step: int, dirs: Mapping[str, Path],
                 progress: bool = True) -> None:
     """Collects every round at or before `step` that is not complete (a fresh run: none; a resumed one: a
-    round killed midway)."""
+    round killed midway). A finished round collected with another beta than this config gives its task is
+    refused: reusing it would silently change the run's data."""
     for s in round_steps(config):
+        check_round_beta(config, round_root(workdir, s))
         if s <= step and any(not onpolicy.has_round(round_root(workdir, s), n) for n in round_tasks(config)):
             collect_round(config, workdir, s, dirs, progress)
+
+
+def check_round_beta(config: ml_collections.ConfigDict, root: Path) -> None:
+    """UsageError when a finished round in `root` was collected with another beta than config gives it."""
+    for name in round_tasks(config):
+        if onpolicy.has_round(root, name):
+            had = float(episodes.load_metadata(root, name).get("beta", 0.0))
+            if had != round_beta(config, name):
+                raise cli.UsageError(f"The DAgger round {root / name} was collected with beta {had}, but this "
+                                     f"config gives {name} beta {round_beta(config, name)}; resume with the "
+                                     "config.dagger.beta and mixed_tasks it was collected with, or use a fresh "
+                                     "--workdir.")
 
 
 def round_settings(config: ml_collections.ConfigDict, step: int) -> EvalSettings:

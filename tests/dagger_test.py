@@ -3,6 +3,7 @@ training windows (data_pipelines.stream.with_onpolicy), collected at the configu
 (gato_jax.dagger, gato_jax.main.train_in_stages)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -199,6 +200,7 @@ class FakeRun:
             where = episodes.dataset_dir(dagger.round_root(workdir, step), name)
             where.mkdir(parents=True)
             (where / "dataset_info.json").write_text("{}")
+            (where / "metadata.json").write_text(json.dumps({"beta": dagger.round_beta(config, name)}))
 
     def build(self, config, process_index, process_count, dirs, onpolicy_roots=()):
         return [Path(r).name for r in onpolicy_roots]
@@ -222,6 +224,17 @@ def test_a_resumed_run_collects_only_the_round_it_lost(monkeypatch, tmp_path):
     run.collected, run.step = [], 12  # Killed while collecting the round at 12.
     train_lib.train_in_stages(smoke_config(), str(tmp_path), {})
     assert run.collected == [12] and run.stages == [(12, 20, ["step_5", "step_12"])]
+
+
+def test_resuming_with_another_beta_than_a_round_was_collected_with_is_refused(monkeypatch, tmp_path):
+    run = FakeRun(monkeypatch, tmp_path)
+    run.collect(smoke_config(), str(tmp_path), 5, {})
+    run.collected, run.step = [], 12
+    config = smoke_config()
+    config.dagger.beta = 0.25  # atari_mix mixes Breakout and Boxing at 0.5.
+    with pytest.raises(cli.UsageError, match="collected with beta 0.5, but this config gives atari_b"):
+        train_lib.train_in_stages(config, str(tmp_path), {})
+    assert run.collected == [] and run.stages == []  # Refused before any collection or training.
 
 
 def test_a_stage_stopped_by_a_signal_ends_training(monkeypatch, tmp_path):

@@ -324,6 +324,8 @@ def test_expert_labels_execute_the_experts_action_on_a_share_beta_of_steps(beta)
         return [int(label["action"]) for label in kept[0][1]], executed, env
 
     labels, executed, env = run()
+    draws = np.random.default_rng([3, 1]).random(60) < beta  # The wrapper's mixing draws (seed 3).
+    assert executed == [label if mixed else 0 for label, mixed in zip(labels, draws)]
     expert_steps = [i for i, a in enumerate(executed) if a != 0]
     assert all(executed[i] == labels[i] for i in expert_steps)  # What ran instead of NOOP was the label.
     assert env.steps == len(labels) == 60 and env.expert_steps >= len(expert_steps)

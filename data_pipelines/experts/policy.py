@@ -127,11 +127,13 @@ class ExpertLabels(gymnasium.Wrapper):
     """
 
     def __init__(self, env: gymnasium.Env, expert: Policy, on_episode: Callable[..., None], seed: int = 0,
-                 beta: float = 0.0):
+                 beta: float = 0.0, to_env: Callable[[Action], int | np.ndarray] = lambda label: label["action"]):
         super().__init__(env)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"ExpertLabels' beta is a probability; got {beta}.")
-        self.expert, self.on_episode, self.beta = expert, on_episode, float(beta)
+        # `to_env`: a label as the env takes it when the expert's action is executed (`tasks.action_to_env`
+        # clips continuous actions to the bound, as the recorder and the rollout do).
+        self.expert, self.on_episode, self.beta, self.to_env = expert, on_episode, float(beta), to_env
         self._rng, self._mix_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
         self.steps = self.expert_steps = 0  # Steps taken, and of them those that executed the expert's action.
         self._observation: Mapping[str, np.ndarray] = {}
@@ -161,7 +163,7 @@ class ExpertLabels(gymnasium.Wrapper):
         self._observations.append(self._observation)
         self.steps += 1
         if self.beta and self._mix_rng.random() < self.beta:
-            action, self.expert_steps = label["action"], self.expert_steps + 1
+            action, self.expert_steps = self.to_env(label), self.expert_steps + 1
         observation, reward, terminated, truncated, info = self.env.step(action)
         self._rewards.append(float(reward))
         self._terminated = bool(terminated)
