@@ -249,12 +249,13 @@ def _one_difference_scenes(rng: np.random.Generator, attribute: str, values: Seq
 PLANS = {"documents": document_plan, "questions": question_plan, "fewshot": fewshot_plan}
 
 
-def make_example(kind: str, split: str, index: int, image_size: int, seed: int,
-                 shots: int = SHOTS, paired: bool = True, one_difference: bool = False) -> dict[str, Any]:
+def make_example(kind: str, split: str, index: int, image_size: int, seed: int, shots: int = SHOTS,
+                 paired: bool = True, one_difference: bool = False, identical: bool = False) -> dict[str, Any]:
     """Example `index` of a kind and split: {'images': uint8 [N, S, S, 3], 'meta': dict}.
 
     `shots`, `paired` and `one_difference` shape few-shot episodes (`fewshot_plan`); the other kinds
-    ignore them.
+    ignore them. `identical` (few-shot): each class is one drawing, repeated
+    pixel for pixel, so the query equals its class's demonstrations exactly: the lookup by exact match.
 
     When a scene has no drawing in the split's half of image space (rare: a lone object at 32 px has
     ~34), the whole example is planned again from the next attempt's Generator.
@@ -264,6 +265,9 @@ def make_example(kind: str, split: str, index: int, image_size: int, seed: int,
         rng = np.random.default_rng([*base, attempt])
         scenes, meta = PLANS[kind](rng, index, shots, paired, one_difference)
         images = [draw_for_split(s, image_size, split, [*base, attempt, slot]) for slot, s in enumerate(scenes)]
+        if identical and kind == "fewshot":  # Each class's first scene and drawing, repeated.
+            firsts = [meta["classes"].index(c) for c in meta["classes"]]
+            scenes, images = [scenes[i] for i in firsts], [images[i] for i in firsts]
         if all(image is not None for image in images):
             scene_lists = [[s.count, s.colour, s.shape, s.place] for s in scenes]
             return {"images": np.stack(images), "meta": {"kind": kind, "scenes": scene_lists, **meta}}
@@ -532,38 +536,43 @@ class FreshEpisodes(Sequence):
 
     A share `one_difference` of them (drawn per index) are the easier kind whose images differ only in the
     attribute the words name (`fewshot_plan`): there the query matches its class's demonstrations whole.
+    A share `identical` of them (drawn independently) repeat one drawing per class (`make_example`), so the
+    query's image equals its class's demonstrations pixel for pixel.
     """
 
-    def __init__(self, image_size: int, seed: int, max_shots: int, one_difference: float = 0.0):
+    def __init__(self, image_size: int, seed: int, max_shots: int, one_difference: float = 0.0,
+                 identical: float = 0.0):
         if max_shots < 1:
             raise ValueError(f"config.data.fewshot_train_max_shots must be >= 1, got {max_shots}.")
         self.image_size, self.seed, self.max_shots = image_size, seed, max_shots
-        self.one_difference = one_difference
+        self.one_difference, self.identical = one_difference, identical
 
     def __len__(self) -> int:
         return 2**31 - 1
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = range(len(self))[index]
-        easy = self.one_difference > 0 and np.random.default_rng([self.seed, index]).random() < self.one_difference
-        return make_example("fewshot", "train", index, self.image_size, self.seed,
-                            shots=1 + index % self.max_shots, paired=False, one_difference=bool(easy))
+        easy_draw, identical_draw = np.random.default_rng([self.seed, index]).random(2)
+        easy = bool(easy_draw < self.one_difference)
+        return make_example("fewshot", "train", index, self.image_size, self.seed, shots=1 + index % self.max_shots,
+                            paired=False, one_difference=easy, identical=bool(identical_draw < self.identical))
 
 
 def training_sources(data_dir: str | os.PathLike, kinds: Sequence[str], tokenizer: TextTokenizer,
                      layout: VocabLayout, seq_len: int, patch_size: int = 16, label_loss: bool = False,
-                     fresh_fewshot_shots: int = 0, one_difference: float = 0.0,
+                     fresh_fewshot_shots: int = 0, one_difference: float = 0.0, identical: float = 0.0,
                      ) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
     """(train, test) sources named by kind, for the stream's mixture.
 
     `fresh_fewshot_shots` > 0: training few-shot episodes are `FreshEpisodes` with up to that many
     demonstrations, drawn with the stored dataset's image size and seed (the stored train split is unused);
     held-out episodes are always the stored test split. `one_difference`: the share of them whose images
-    differ only in the named attribute (`FreshEpisodes`).
+    differ only in the named attribute, `identical` the share that repeat one drawing per class
+    (`FreshEpisodes`).
     """
     def make(kind: str, split: str) -> InterleavedSource:
         if kind == "fewshot" and split == "train" and fresh_fewshot_shots > 0:
-            examples = FreshEpisodes(*stored_drawing(data_dir), fresh_fewshot_shots, one_difference)
+            examples = FreshEpisodes(*stored_drawing(data_dir), fresh_fewshot_shots, one_difference, identical)
             source = InterleavedSource(examples, tokenizer, layout, seq_len, patch_size, label_loss=label_loss,
                                        cache_size=0)  # Each is drawn about once: keeping them would only cost memory.
             longest = source.tokenize(fresh_fewshot_shots - 1).length  # Episode i has 1 + i % max demonstrations.

@@ -400,7 +400,8 @@ def _document_sources(config, root: str | os.PathLike | None, layout: VocabLayou
         return documents.training_sources(root, kinds, tokenizer, layout, config.seq_len, config.model.patch_size,
                                           label_loss=bool(config.data.fewshot_label_loss),
                                           fresh_fewshot_shots=int(config.data.fewshot_train_max_shots),
-                                          one_difference=float(config.data.fewshot_train_one_difference))
+                                          one_difference=float(config.data.fewshot_train_one_difference),
+                                          identical=float(config.data.fewshot_train_identical))
     except FileNotFoundError as e:
         raise missing("documents dataset", documents.documents_path(root)) from e
 

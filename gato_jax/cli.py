@@ -290,6 +290,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.num_workers", _non_negative, ">= 0"),
     ("data.fewshot_train_max_shots", _non_negative, ">= 0 (0 trains on the stored episodes)"),
     ("data.fewshot_train_one_difference", _probability, "a share in [0, 1]"),
+    ("data.fewshot_train_identical", _probability, "a share in [0, 1]"),
     ("dagger.episodes", lambda x: _positive(x) and x < 1000, "in 1..999 (rounds' episode seeds are 1000 apart)"),
     ("dagger.share", _probability, "a share in [0, 1]"),
     ("dagger.beta", _probability, "a probability in [0, 1] (0: the model acts on every step of a round)"),

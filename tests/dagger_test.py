@@ -270,3 +270,15 @@ def test_make_train_collects_the_round_and_a_lost_round_comes_back_the_same(tmp_
     again = episodes.load_episodes(root, TASK, "train")[0]["steps"]
     np.testing.assert_array_equal(again["observation"]["frame"], frames)
     np.testing.assert_array_equal(again["action"]["action"], labels)
+
+
+def test_a_round_at_beta_1_is_the_experts_play_and_its_metadata_says_so(round_root, tmp_path):
+    """beta = 1 through `record_round`: every executed action is the expert's, whatever the model sends, so
+    the stored frames leave those of the model's fixed sequence (the beta-0 round) and the metadata says so."""
+    onpolicy.record_round(TASK, tmp_path, tasks.task_spec(TASK), lambda wrap: play_two_episodes(wrap, []),
+                          {"round_step": 7}, beta=1.0)
+    meta = episodes.load_metadata(tmp_path, TASK)
+    assert meta["beta"] == 1.0 and meta["expert_executed_share"] == 1.0
+    frames = [np.concatenate([ep["steps"]["observation"]["frame"] for ep in episodes.load_episodes(r, TASK, "train")])
+              for r in (round_root[0], tmp_path)]
+    assert frames[0].shape == frames[1].shape and not np.array_equal(*frames)

@@ -368,3 +368,18 @@ def test_training_source_packs_whole_examples(prepared, tokenizer, layout, fresh
         assert len(bos) >= 1 and list(np.unique(a.segment_ids[a.segment_ids > 0])) == list(range(1, len(bos) + 1))
         eos = np.flatnonzero(a.tokens == layout.special_id("<eos>"))
         assert len(eos) == len(bos), "examples are packed whole"
+
+
+def test_identical_episodes_repeat_one_drawing_per_class():
+    fresh = documents.FreshEpisodes(SIZE, SEED, max_shots=4, one_difference=1.0, identical=1.0)
+    for ex in [*(fresh[i] for i in range(1, 12)), documents.FreshEpisodes(SIZE, SEED, 4, identical=1.0)[3]]:
+        images, classes, scenes = ex["images"], ex["meta"]["classes"], documents.example_scenes(ex)
+        assert all(scenes[i] == scenes[classes.index(c)] for i, c in enumerate(classes))
+        for c in set(classes):
+            same = [images[i] for i, k in enumerate(classes) if k == c]
+            assert all(np.array_equal(same[0], image) for image in same)
+        if len(set(classes)) == 2:
+            assert not np.array_equal(images[classes.index(0)], images[classes.index(1)])
+        assert all(captions.image_split(image) == "train" for image in images)
+    jittered = documents.FreshEpisodes(SIZE, SEED, max_shots=4, one_difference=1.0)[3]  # Same plan, fresh drawings.
+    assert jittered["meta"] == fresh[3]["meta"]

@@ -342,3 +342,29 @@ def test_expert_labels_refuse_a_beta_outside_0_1():
     with pytest.raises(ValueError, match="beta is a probability"):
         experts.ExpertLabels(tasks.make_env("atari_freeway", max_steps=10, seed=0),
                              experts.make_policy("atari_freeway"), lambda *e: None, beta=1.5)
+
+
+def test_an_executed_continuous_expert_action_is_clipped_to_the_bound():
+    """On a mixed step the expert's continuous label runs through `tasks.action_to_env`, as the recorder and
+    the rollout send actions: clipped to the action bound; the stored label stays the expert's own."""
+    class Overreaching:
+        def reset(self, env, rng):
+            del env, rng
+
+        def act(self, env, observation):
+            del env, observation
+            return {"action": np.array([7.5], np.float32)}
+
+    kept, executed = [], []
+    inner = tasks.make_env("control_pendulum", max_steps=5, seed=0)
+    step = inner.step
+    inner.step = lambda action: (executed.append(np.asarray(action).copy()), step(action))[1]
+    env = experts.ExpertLabels(inner, Overreaching(), lambda *e: kept.append(e), beta=1.0,
+                               to_env=lambda label: tasks.action_to_env("control_pendulum", label))
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.zeros(1, np.float32))
+    env.close()
+    bound = float(inner.action_space.high[0])
+    assert bound < 7.5 and [a.tolist() for a in executed] == [[bound]] * 3
+    assert [label["action"].tolist() for label in kept[0][1]] == [[7.5]] * 3
