@@ -13,7 +13,8 @@ Results:  held-out visual questions 0.929 (chance 0.345; target 0.8 met); few-sh
           nonsense labels 0.455 / 0.470 / 0.480 / 0.465 at 0 / 1 / 2 / 4 shots (chance 0.5: no in-context
           learning yet, target +0.3 not met; the demonstrations' words cost ln 2 at every position); captions
           1.000 on seen pairs, 0.343 on novel pairs; text perplexity 46.6. README "Vision and language"
-          (report.json `vision_language` section).
+          (report.json `vision_language` section); why few-shot stalls (a lookup through the `</image>`
+          separator does not form, even for pixel-identical images): its "Where the lookup stalls".
 """
 import ml_collections
 
