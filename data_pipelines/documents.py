@@ -254,8 +254,8 @@ def make_example(kind: str, split: str, index: int, image_size: int, seed: int, 
     """Example `index` of a kind and split: {'images': uint8 [N, S, S, 3], 'meta': dict}.
 
     `shots`, `paired` and `one_difference` shape few-shot episodes (`fewshot_plan`); the other kinds
-    ignore them. `identical` (few-shot): each class is one drawing, repeated
-    pixel for pixel, so the query equals its class's demonstrations exactly: the lookup by exact match.
+    ignore them. `identical` (few-shot): each class is one drawing, repeated pixel for pixel, so the query
+    equals its class's demonstrations exactly (a lookup by exact match).
 
     When a scene has no drawing in the split's half of image space (rare: a lone object at 32 px has
     ~34), the whole example is planned again from the next attempt's Generator.
