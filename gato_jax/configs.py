@@ -57,6 +57,10 @@ def model_config(preset: str = "cpu_small") -> ml_collections.ConfigDict:
     m.image_encoder = "patches"
     m.resampler_tokens = 4
     m.resampler_layers = 1  # Cross-attention + MLP layers of the resampler.
+    # Smeared keys (Olsson et al. 2022): every decoder key mixes in the previous token's key through a
+    # learned per-head gate, so "the word that followed an image like this one" is found in one attention
+    # step (README "Where the lookup stalls"). Off by default: nothing measured it on agent data.
+    m.smear_keys = False
     # Which model (issue 14): "gato" (the decoder above) or "prismer" (`gato_jax.model.prismer`: the same
     # decoder, images taken out of its sequence and read instead through gated cross-attention from a
     # vision encoder of frozen experts and a trainable expert resampler; needs image_encoder="patches").

@@ -98,14 +98,16 @@ def test_resampler_outputs_sit_at_each_images_last_positions():
 
 
 KINDS = [("semi_causal", "images", "patches"), ("causal", "images", "resampler"),
-         ("semi_causal", "observations", "resampler")]
+         ("semi_causal", "observations", "resampler"),
+         ("semi_causal", "images", "resampler", True)]  # Smeared keys across the resampler's holes.
 
 
 @functools.cache
-def model_fns(attention: str, spans: str, encoder: str):
+def model_fns(attention: str, spans: str, encoder: str, smear: bool = False):
     """Tiny model of one kind, and its jitted full pass and decode (compiled once per shape)."""
     config = configs.model_config("tiny")
     config.attention, config.semi_causal_spans, config.image_encoder = attention, spans, encoder
+    config.smear_keys = smear
     config.resampler_tokens = 2
     graphdef, state = nnx.split(Gato(config, LAYOUT.padded_size, rngs=nnx.Rngs(0)))
     forward = jax.jit(lambda state, seq: nnx.merge(graphdef, state)(seq))

@@ -22,7 +22,13 @@ from gato_jax.model import (
     pinned_prefix_distance,
     reset_to_pinned,
 )
-from gato_jax.model.attention import alibi_slopes, causal_distance, dot_product_attention, segment_mask
+from gato_jax.model.attention import (
+    alibi_slopes,
+    causal_distance,
+    dot_product_attention,
+    previous_positions,
+    segment_mask,
+)
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
@@ -168,6 +174,68 @@ def test_pin_prefix_refuses_a_wrapped_cache(fns):
     assert int(pin_prefix(cache._replace(index=jnp.int32(15))).pinned) == 15
     with pytest.raises(ValueError, match="pin_prefix"):
         pin_prefix(cache._replace(index=jnp.int32(16)))
+
+
+def with_smear_gates(fns: Fns, logits_LxH: np.ndarray) -> Fns:
+    """`fns` with its smeared-key gate logits set (re-split: the jitted functions read the new state)."""
+    fns.model.blocks.attn.smear_logit_H.value = jnp.asarray(logits_LxH, jnp.float32)
+    fns.graphdef, fns.state = nnx.split(fns.model)
+    return fns
+
+
+@pytest.fixture(scope="module")
+def smear_fns():
+    """The tiny model with smeared keys, each head's gate somewhere else in (0, 1)."""
+    config = configs.model_config("tiny")
+    config.smear_keys = True
+    return with_smear_gates(Fns(config), np.linspace(-2.0, 2.0, 8).reshape(2, 4))
+
+
+def test_previous_positions_golden():
+    """Padding (and resampler holes) are skipped; a segment's first token, padding, and a token after
+    another segment have no previous key; in a decode, the chunk's first real token takes the cache's."""
+    seg = np.array([[1, 1, 0, 1, 2, 2, 0, 0], [0, 1, 1, 1, 0, 0, 1, 1]])
+    prev = previous_positions(jnp.asarray(seg))  # Indices into [before the chunk, positions 0..7] (+1).
+    np.testing.assert_array_equal(prev.index_BxT, [[0, 1, 2, 2, 4, 5, 6, 6], [0, 0, 2, 3, 4, 4, 4, 7]])
+    np.testing.assert_array_equal(prev.present_BxT, [[0, 1, 0, 1, 0, 1, 0, 0], [0, 0, 1, 1, 0, 0, 1, 1]])
+    np.testing.assert_array_equal(prev.last_index_B, [6, 8])
+    cached = previous_positions(jnp.asarray(seg), jnp.asarray([True, False]))
+    np.testing.assert_array_equal(cached.present_BxT[:, :2], [[1, 1], [0, 0]])
+
+
+@pytest.mark.parametrize("chunk", [1, 8])
+def test_smeared_decode_matches_full_forward(smear_fns, gapped, chunk):
+    """Each chunk's first token mixes in the cache's last raw key; padding gaps are skipped both ways."""
+    full = np.asarray(smear_fns.forward(smear_fns.state, gapped))
+    logits, _ = smear_fns.decode_in_chunks(gapped, smear_fns.model.init_cache(B, T), chunk)
+    np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_smeared_ring_and_reset_match_the_full_pass(smear_fns, gapped):
+    """Through a wrapping ring (a chunk overwriting its own first token), and after `reset_to_pinned`,
+    where the episode's first token smears with the prompt's last, as in training."""
+    prefix, ring, chunk = 8, 3, 4
+    cache = pin_prefix(smear_fns.decode_in_chunks(take(gapped, slice(0, prefix)), smear_fns.model.init_cache(B, prefix + ring),
+                                                  chunk)[1])
+    episode_logits, _ = smear_fns.decode_in_chunks(take(gapped, slice(prefix, T)), cache, chunk)
+    mask = window_mask(gapped.segment_ids, prefix, ring)
+    expected = smear_fns.forward_masked(smear_fns.state, gapped, mask, pinned_prefix_distance(mask, prefix))
+    np.testing.assert_allclose(episode_logits, np.asarray(expected)[:, prefix:], atol=1e-5, rtol=1e-5)
+    _, dirty = smear_fns.decode_in_chunks(take(make_batch(np.ones((B, 8), np.int32), seed=9), slice(0, 8)), cache, chunk)
+    reset_logits, _ = smear_fns.decode_in_chunks(take(gapped, slice(prefix, prefix + 8)), reset_to_pinned(dirty), chunk)
+    np.testing.assert_allclose(reset_logits, episode_logits[:, :8], atol=1e-5, rtol=1e-5)
+
+
+def test_smeared_keys_with_gates_of_one_are_the_plain_model(fns, gapped, full_logits):
+    """Same weights (the gates draw no randomness), every gate at 1: exactly the unsmeared model; at the
+    initial 0.5 the logits move."""
+    config = configs.model_config("tiny")
+    config.smear_keys = True
+    smeared = Fns(config)
+    half = np.asarray(smeared.forward(smeared.state, gapped))
+    assert np.abs(half - full_logits).max() > 1e-3
+    plain = with_smear_gates(smeared, np.full((2, 4), 40.0))
+    np.testing.assert_allclose(np.asarray(plain.forward(plain.state, gapped)), full_logits, atol=1e-6, rtol=1e-6)
 
 
 def test_alibi_slopes_are_the_papers():

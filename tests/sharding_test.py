@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-from model_test import LAYOUT, make_batch, tiny_fns
+from model_test import LAYOUT, Fns, make_batch, take, tiny_fns
 
 from gato_jax import configs, sharding
 from gato_jax.model import Gato
@@ -87,6 +87,30 @@ def test_sharded_forward_equals_single_device(reference, shape):
         logits = jax.jit(lambda s, b: nnx.merge(graphdef, s)(b))(state, global_batch)
     assert logits.sharding.shard_shape(logits.shape)[0] == BATCH // (shape[0] * shape[1])
     np.testing.assert_allclose(np.asarray(logits), expected, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 1, 8)])
+def test_sharded_smeared_decode_equals_the_full_pass(shape):
+    """Cached decode with smeared keys (heads sharded over `tensor`, the batch over data x fsdp) equals
+    the single-device full pass, chunk by chunk."""
+    config = configs.model_config("tiny")
+    config.smear_keys = True
+    fns = Fns(config)
+    seg = np.ones((BATCH, LENGTH), np.int32)
+    seg[::2, 12:] = 0
+    batch = make_batch(seg, seed=4)
+    expected = np.asarray(fns.forward(fns.state, batch))
+    mesh = sharding.make_mesh(mesh_config(*shape))
+    state = jax.device_put(fns.state, sharding.param_shardings(fns.state, mesh))
+    with jax.set_mesh(mesh):
+        decode = jax.jit(lambda s, x, c: nnx.merge(fns.graphdef, s).decode(x, c))
+        cache, logits = fns.model.init_cache(BATCH, LENGTH), []
+        for start in range(0, LENGTH, 4):
+            chunk = jax.device_put(take(batch, slice(start, start + 4)), sharding.batch_sharding(mesh))
+            out, cache = decode(state, chunk, cache)
+            logits.append(np.asarray(out))
+    real = seg != 0
+    np.testing.assert_allclose(np.concatenate(logits, axis=1)[real], expected[real], atol=2e-5, rtol=2e-5)
 
 
 def test_big_presets_shard_abstractly():

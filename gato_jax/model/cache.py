@@ -18,6 +18,11 @@ the prompt then looks as far away as it did in training; before the ring wraps, 
 
 The batch shares `index` and `pos`; `valid` is per row, so padding written into a chunk (segment id 0,
 e.g. rows with shorter observations) takes a slot but is never attended to.
+
+Smeared keys (`model.smear_keys`): slots hold the smeared keys attention reads; `last_keys` holds each row's
+last real token's raw key, which the next chunk's first token mixes in. `pin_prefix` remembers the prompt's,
+and `reset_to_pinned` restores it, so a new episode's first token smears with the prompt's last, as in
+training, where the prompt sits right before the episode in one segment.
 """
 from __future__ import annotations
 
@@ -36,6 +41,10 @@ class KVCache(NamedTuple):
     pos: jax.Array  # int32 [S]: write number of the token in each slot; -1 when empty.
     index: jax.Array  # int32 []: tokens written so far (the next token's write number).
     pinned: jax.Array  # int32 []: slots [0, pinned) are fixed; the ring is [pinned, S).
+    last_keys: jax.Array  # [L, B, H, K]: raw key of each row's last real token (smeared keys only).
+    has_last: jax.Array  # bool [B]: the row has written a real token (since its reset).
+    pinned_last_keys: jax.Array  # [L, B, H, K]: `last_keys` when the prefix was pinned.
+    pinned_has_last: jax.Array  # bool [B]: `has_last` when the prefix was pinned.
 
     @property
     def size(self) -> int:
@@ -48,6 +57,7 @@ def init_cache(num_layers: int, batch_size: int, size: int, num_heads: int, head
     if size < 2:
         raise ValueError(f"A KV cache needs at least 2 slots, got size={size}.")
     shape = (num_layers, batch_size, size, num_heads, head_dim)
+    last_shape = (num_layers, batch_size, num_heads, head_dim)
     return KVCache(
         keys=jnp.zeros(shape, dtype),
         values=jnp.zeros(shape, dtype),
@@ -55,6 +65,10 @@ def init_cache(num_layers: int, batch_size: int, size: int, num_heads: int, head
         pos=jnp.full((size,), -1, jnp.int32),
         index=jnp.zeros((), jnp.int32),
         pinned=jnp.zeros((), jnp.int32),
+        last_keys=jnp.zeros(last_shape, dtype),
+        has_last=jnp.zeros((batch_size,), bool),
+        pinned_last_keys=jnp.zeros(last_shape, dtype),
+        pinned_has_last=jnp.zeros((batch_size,), bool),
     )
 
 
@@ -72,7 +86,9 @@ def pin_prefix(cache: KVCache) -> KVCache:
         raise ValueError(
             f"pin_prefix after {written} writes into a {cache.size}-slot cache: the prefix no longer "
             "fits; use a larger cache or pin before the ring wraps.")
-    return cache._replace(pinned=jnp.minimum(cache.index, cache.size - 1).astype(jnp.int32))
+    return cache._replace(pinned=jnp.minimum(cache.index, cache.size - 1).astype(jnp.int32),
+                          # Copies: a cache is donated to jitted acting, and one buffer may not be donated twice.
+                          pinned_last_keys=jnp.copy(cache.last_keys), pinned_has_last=jnp.copy(cache.has_last))
 
 
 def reset_to_pinned(cache: KVCache, rows_B: jax.Array | None = None) -> KVCache:
@@ -84,7 +100,10 @@ def reset_to_pinned(cache: KVCache, rows_B: jax.Array | None = None) -> KVCache:
     unpinned_S = jnp.arange(cache.size) >= cache.pinned
     rows_B = jnp.ones(cache.valid.shape[:1], bool) if rows_B is None else rows_B
     forget_BxS = rows_B[:, None] & unpinned_S[None, :]
-    return cache._replace(valid=cache.valid & ~forget_BxS)
+    return cache._replace(
+        valid=cache.valid & ~forget_BxS,
+        last_keys=jnp.where(rows_B[None, :, None, None], cache.pinned_last_keys, cache.last_keys),
+        has_last=jnp.where(rows_B, cache.pinned_has_last, cache.has_last))
 
 
 def ring_size(cache: KVCache) -> jax.Array:
@@ -159,12 +178,16 @@ def write_slots(cache: KVCache, t: int) -> jax.Array:
 
 
 def append(cache: KVCache, keys_LxBxtxHxK: jax.Array, values_LxBxtxHxK: jax.Array,
-           segment_ids_Bxt: jax.Array) -> KVCache:
-    """Writes a chunk's keys and values into their slots and advances `index`."""
+           segment_ids_Bxt: jax.Array, last_keys_LxBxHxK: jax.Array | None = None) -> KVCache:
+    """Writes a chunk's keys and values into their slots and advances `index`; `last_keys_LxBxHxK` (each
+    row's last real raw key, smeared keys only) replaces `last_keys`."""
     t = segment_ids_Bxt.shape[1]
     slot_t = write_slots(cache, t)
     write_t = cache.index + jnp.arange(t, dtype=jnp.int32)
+    if last_keys_LxBxHxK is not None:
+        cache = cache._replace(last_keys=last_keys_LxBxHxK.astype(cache.last_keys.dtype))
     return cache._replace(
+        has_last=cache.has_last | (segment_ids_Bxt != 0).any(axis=1),
         keys=cache.keys.at[:, :, slot_t].set(keys_LxBxtxHxK.astype(cache.keys.dtype), mode="drop"),
         values=cache.values.at[:, :, slot_t].set(values_LxBxtxHxK.astype(cache.values.dtype), mode="drop"),
         valid=cache.valid.at[:, slot_t].set(segment_ids_Bxt != 0, mode="drop"),

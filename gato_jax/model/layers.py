@@ -47,6 +47,7 @@ class ModelDims:
     image_encoder: str = "patches"
     resampler_tokens: int = 4
     resampler_layers: int = 1
+    smear_keys: bool = False
 
     @classmethod
     def from_config(cls, model_config: ml_collections.ConfigDict) -> ModelDims:
@@ -71,6 +72,7 @@ class ModelDims:
             image_encoder=str(model_config.get("image_encoder", "patches")),
             resampler_tokens=int(model_config.get("resampler_tokens", 4)),
             resampler_layers=int(model_config.get("resampler_layers", 1)),
+            smear_keys=bool(model_config.get("smear_keys", False)),  # Older configs: no smearing.
         )
         dims.validate()
         return dims

@@ -271,6 +271,8 @@ class PrismerGato(nnx.Module):
         self.pdims = PrismerDims.from_config(model_config)
         if self.dims.image_encoder != "patches":
             raise ValueError("model.kind='prismer' encodes images itself: set model.image_encoder='patches'.")
+        if self.dims.smear_keys:
+            raise ValueError("model.kind='prismer' does not smear keys yet: set model.smear_keys=False.")
         self.vocab_size = vocab_size
         self.embed = Embedder(self.dims, vocab_size, rngs=rngs)
         self.blocks = stacked_blocks(self.dims, rngs)

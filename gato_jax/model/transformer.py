@@ -19,7 +19,7 @@ from flax import nnx
 from gato_jax import sharding
 from gato_jax.model import cache as cache_lib
 from gato_jax.model import resampler as resampler_lib
-from gato_jax.model.attention import Attention, attention_mask, causal_distance, span_ids
+from gato_jax.model.attention import Attention, Previous, attention_mask, causal_distance, previous_positions, span_ids
 from gato_jax.model.embed import Embedder
 from gato_jax.model.layers import Mlp, ModelDims, layer_norm
 from gato_jax.tokenizers.sequence import TokenSequence
@@ -34,18 +34,21 @@ class Block(nnx.Module):
 
     def __init__(self, dims: ModelDims, *, rngs: nnx.Rngs):
         self.attn_norm = layer_norm(dims, rngs=rngs)
-        self.attn = Attention(dims, rngs=rngs)
+        self.attn = Attention(dims, smear=dims.smear_keys, rngs=rngs)
         self.mlp_norm = layer_norm(dims, rngs=rngs)
         self.mlp = Mlp(dims, rngs=rngs)
         self.dropout = nnx.Dropout(dims.dropout_rate)
 
     def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array, past=None,
                  dropout_key: jax.Array | None = None,
-                 distance_BxTxS: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """`dropout_key` None means deterministic; `distance_BxTxS` None means no ALiBi bias.
-        Returns the new stream and this chunk's keys/values."""
+                 distance_BxTxS: jax.Array | None = None, previous: Previous | None = None,
+                 last_key_BxHxK: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+        """`dropout_key` None means deterministic; `distance_BxTxS` None means no ALiBi bias; `previous`
+        and `last_key_BxHxK` smear keys (`Attention`). Returns the new stream and, for the cache, this
+        chunk's keys/values and each row's last raw key (None unless smearing)."""
         keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
-        y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), mask_BxTxS, past, distance_BxTxS)
+        y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), mask_BxTxS, past, distance_BxTxS,
+                                previous=previous, last_key_BxHxK=last_key_BxHxK)
         x_BxTxD = x_BxTxD + self._drop(y_BxTxD, keys[0])
         x_BxTxD = x_BxTxD + self._drop(self.mlp(self.mlp_norm(x_BxTxD)), keys[1])
         return sharding.constrain(x_BxTxD, ACTIVATION_AXES), kv
@@ -141,12 +144,13 @@ class Gato(nnx.Module):
         distance_BxTxT = None
         if self.dims.position_bias == "alibi":
             distance_BxTxT = causal_distance(x_BxTxD.shape[1]) if distance is None else jnp.asarray(distance)
+        previous = previous_positions(seq.segment_ids) if self.dims.smear_keys else None
         graphdef, state_L = nnx.split(self.blocks)
 
         def body(x_BxTxD, layer):
             state, key = layer
             block = nnx.merge(graphdef, state)
-            return block(x_BxTxD, mask_BxTxT, dropout_key=key, distance_BxTxS=distance_BxTxT)[0], None
+            return block(x_BxTxD, mask_BxTxT, dropout_key=key, distance_BxTxS=distance_BxTxT, previous=previous)[0], None
 
         if self.dims.remat:  # Keep only each block's input; recompute the rest in the backward pass.
             body = jax.checkpoint(body, prevent_cse=False)
@@ -200,14 +204,16 @@ class Gato(nnx.Module):
         distance_Bxtx_S_t = None
         if self.dims.position_bias == "alibi":
             distance_Bxtx_S_t = cache_lib.chunk_distance(cache, mask_Bxtx_S_t)
+        previous = previous_positions(seq_chunk.segment_ids, cache.has_last) if self.dims.smear_keys else None
         graphdef, state_L = nnx.split(self.blocks)
 
         def body(x_BxtxD, layer):
-            state, past_k_BxSxHxK, past_v_BxSxHxK = layer
+            state, past_k_BxSxHxK, past_v_BxSxHxK, last_key_BxHxK = layer
             block = nnx.merge(graphdef, state)
             return block(x_BxtxD, mask_Bxtx_S_t, (past_k_BxSxHxK, past_v_BxSxHxK),
-                         distance_BxTxS=distance_Bxtx_S_t)
+                         distance_BxTxS=distance_Bxtx_S_t, previous=previous, last_key_BxHxK=last_key_BxHxK)
 
-        x_BxtxD, (k_LxBxtxHxK, v_LxBxtxHxK) = jax.lax.scan(body, x_BxtxD, (state_L, cache.keys, cache.values))
-        cache = cache_lib.append(cache, k_LxBxtxHxK, v_LxBxtxHxK, seq_chunk.segment_ids)
+        layers = (state_L, cache.keys, cache.values, cache.last_keys)
+        x_BxtxD, (k_LxBxtxHxK, v_LxBxtxHxK, last_LxBxHxK) = jax.lax.scan(body, x_BxtxD, layers)
+        cache = cache_lib.append(cache, k_LxBxtxHxK, v_LxBxtxHxK, seq_chunk.segment_ids, last_LxBxHxK)
         return x_BxtxD, cache
