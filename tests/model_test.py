@@ -215,13 +215,14 @@ def test_smeared_ring_and_reset_match_the_full_pass(smear_fns, gapped):
     """Through a wrapping ring (a chunk overwriting its own first token), and after `reset_to_pinned`,
     where the episode's first token smears with the prompt's last, as in training."""
     prefix, ring, chunk = 8, 3, 4
-    cache = pin_prefix(smear_fns.decode_in_chunks(take(gapped, slice(0, prefix)), smear_fns.model.init_cache(B, prefix + ring),
-                                                  chunk)[1])
+    empty = smear_fns.model.init_cache(B, prefix + ring)
+    cache = pin_prefix(smear_fns.decode_in_chunks(take(gapped, slice(0, prefix)), empty, chunk)[1])
     episode_logits, _ = smear_fns.decode_in_chunks(take(gapped, slice(prefix, T)), cache, chunk)
     mask = window_mask(gapped.segment_ids, prefix, ring)
     expected = smear_fns.forward_masked(smear_fns.state, gapped, mask, pinned_prefix_distance(mask, prefix))
     np.testing.assert_allclose(episode_logits, np.asarray(expected)[:, prefix:], atol=1e-5, rtol=1e-5)
-    _, dirty = smear_fns.decode_in_chunks(take(make_batch(np.ones((B, 8), np.int32), seed=9), slice(0, 8)), cache, chunk)
+    other_episode = make_batch(np.ones((B, 8), np.int32), seed=9)
+    _, dirty = smear_fns.decode_in_chunks(other_episode, cache, chunk)
     reset_logits, _ = smear_fns.decode_in_chunks(take(gapped, slice(prefix, prefix + 8)), reset_to_pinned(dirty), chunk)
     np.testing.assert_allclose(reset_logits, episode_logits[:, :8], atol=1e-5, rtol=1e-5)
 

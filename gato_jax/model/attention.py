@@ -173,8 +173,10 @@ class Attention(nnx.Module):
         self.out = nnx.Einsum("bthk,hkd->btd", (h, k, d), kernel_init=out_init, rngs=rngs, **dims.dtypes())
         self.slopes_H = alibi_slopes(h)  # Static (a tuple), used only when a distance is passed.
         # Gate logits, sigmoid(0) = 0.5: at initialisation every key is half its own, half its predecessor's.
-        self.smear_logit_H = (nnx.Param(jnp.zeros((h,), dims.params_dtype), out_sharding=("heads",), eager_sharding=False)
-                              if smear else None)
+        self.smear_logit_H = None
+        if smear:
+            self.smear_logit_H = nnx.Param(jnp.zeros((h,), dims.params_dtype), out_sharding=("heads",),
+                                           eager_sharding=False)
 
     def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array,
                  past: tuple[jax.Array, jax.Array] | None = None,

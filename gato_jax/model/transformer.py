@@ -150,7 +150,8 @@ class Gato(nnx.Module):
         def body(x_BxTxD, layer):
             state, key = layer
             block = nnx.merge(graphdef, state)
-            return block(x_BxTxD, mask_BxTxT, dropout_key=key, distance_BxTxS=distance_BxTxT, previous=previous)[0], None
+            x_BxTxD, _ = block(x_BxTxD, mask_BxTxT, dropout_key=key, distance_BxTxS=distance_BxTxT, previous=previous)
+            return x_BxTxD, None
 
         if self.dims.remat:  # Keep only each block's input; recompute the rest in the backward pass.
             body = jax.checkpoint(body, prevent_cse=False)
