@@ -173,10 +173,8 @@ class Attention(nnx.Module):
         self.out = nnx.Einsum("bthk,hkd->btd", (h, k, d), kernel_init=out_init, rngs=rngs, **dims.dtypes())
         self.slopes_H = alibi_slopes(h)  # Static (a tuple), used only when a distance is passed.
         # Gate logits, sigmoid(0) = 0.5: at initialisation every key is half its own, half its predecessor's.
-        self.smear_logit_H = None
-        if smear:
-            self.smear_logit_H = nnx.Param(jnp.zeros((h,), dims.params_dtype), out_sharding=("heads",),
-                                           eager_sharding=False)
+        gate_logits_H = jnp.zeros((h,), dims.params_dtype)
+        self.smear_logit_H = nnx.Param(gate_logits_H, out_sharding=("heads",), eager_sharding=False) if smear else None
 
     def __call__(self, x_BxTxD: jax.Array, mask_BxTxS: jax.Array,
                  past: tuple[jax.Array, jax.Array] | None = None,
