@@ -250,12 +250,14 @@ PLANS = {"documents": document_plan, "questions": question_plan, "fewshot": fews
 
 
 def make_example(kind: str, split: str, index: int, image_size: int, seed: int, shots: int = SHOTS,
-                 paired: bool = True, one_difference: bool = False, identical: bool = False) -> dict[str, Any]:
+                 paired: bool = True, one_difference: bool = False, identical: bool = False,
+                 text_keys: bool = False) -> dict[str, Any]:
     """Example `index` of a kind and split: {'images': uint8 [N, S, S, 3], 'meta': dict}.
 
     `shots`, `paired` and `one_difference` shape few-shot episodes (`fewshot_plan`); the other kinds
     ignore them. `identical` (few-shot): each class is one drawing, repeated pixel for pixel, so the query
-    equals its class's demonstrations exactly (a lookup by exact match).
+    equals its class's demonstrations exactly (a lookup by exact match). `text_keys` (few-shot): the
+    episode is tokenized with each image replaced by its class's value as text, "red :" (`_fewshot_pieces`).
 
     When a scene has no drawing in the split's half of image space (rare: a lone object at 32 px has
     ~34), the whole example is planned again from the next attempt's Generator.
@@ -270,7 +272,8 @@ def make_example(kind: str, split: str, index: int, image_size: int, seed: int, 
             scenes, images = [scenes[i] for i in firsts], [images[i] for i in firsts]
         if all(image is not None for image in images):
             scene_lists = [[s.count, s.colour, s.shape, s.place] for s in scenes]
-            return {"images": np.stack(images), "meta": {"kind": kind, "scenes": scene_lists, **meta}}
+            text = {"text_keys": True} if text_keys and kind == "fewshot" else {}
+            return {"images": np.stack(images), "meta": {"kind": kind, "scenes": scene_lists, **meta, **text}}
     raise RuntimeError(f"No {split} drawing found for {kind} example {index} in {MAX_REDRAWS} attempts.")
 
 
@@ -307,6 +310,8 @@ def _fewshot_pieces(meta: Mapping[str, Any], images: list[np.ndarray], shots: in
     if not 0 <= demos <= len(images) - 1:
         raise ValueError(f"This episode stores {len(images) - 1} demonstrations; asked for {shots}.")
     words, classes = meta["words"], meta["classes"]
+    if meta.get("text_keys"):  # Each image as its class's value and a separator, as `</image>` ends an image.
+        images = [TextPiece(f"{meta['values'][c]} :", False) for c in classes]
     pieces: list[Piece] = [TextPiece(f"{meta['header'][0]} or {meta['header'][1]}?", False)]
     for image, c in zip(images[:demos], classes):
         pieces += [image, TextPiece(words[c], label_loss)]
@@ -537,42 +542,48 @@ class FreshEpisodes(Sequence):
     A share `one_difference` of them (drawn per index) are the easier kind whose images differ only in the
     attribute the words name (`fewshot_plan`): there the query matches its class's demonstrations whole.
     A share `identical` of them (drawn independently) repeat one drawing per class (`make_example`), so the
-    query's image equals its class's demonstrations pixel for pixel.
+    query's image equals its class's demonstrations pixel for pixel. A share `text_keys` (independently
+    again) show each class's value as text instead of an image: the same lookup on keys the model reads
+    as tokens, where it forms fast (README "Where the lookup stalls"), in the hope that the circuit that
+    forms there also serves images.
     """
 
     def __init__(self, image_size: int, seed: int, max_shots: int, one_difference: float = 0.0,
-                 identical: float = 0.0):
+                 identical: float = 0.0, text_keys: float = 0.0):
         if max_shots < 1:
             raise ValueError(f"config.data.fewshot_train_max_shots must be >= 1, got {max_shots}.")
         self.image_size, self.seed, self.max_shots = image_size, seed, max_shots
-        self.one_difference, self.identical = one_difference, identical
+        self.one_difference, self.identical, self.text_keys = one_difference, identical, text_keys
 
     def __len__(self) -> int:
         return 2**31 - 1
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = range(len(self))[index]
-        easy_draw, identical_draw = np.random.default_rng([self.seed, index]).random(2)
+        # random(3) starts with random(2)'s draws: adding the third left the first two shares' episodes as they were.
+        easy_draw, identical_draw, text_draw = np.random.default_rng([self.seed, index]).random(3)
         easy = bool(easy_draw < self.one_difference)
         return make_example("fewshot", "train", index, self.image_size, self.seed, shots=1 + index % self.max_shots,
-                            paired=False, one_difference=easy, identical=bool(identical_draw < self.identical))
+                            paired=False, one_difference=easy, identical=bool(identical_draw < self.identical),
+                            text_keys=bool(text_draw < self.text_keys))
 
 
 def training_sources(data_dir: str | os.PathLike, kinds: Sequence[str], tokenizer: TextTokenizer,
                      layout: VocabLayout, seq_len: int, patch_size: int = 16, label_loss: bool = False,
                      fresh_fewshot_shots: int = 0, one_difference: float = 0.0, identical: float = 0.0,
-                     ) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
+                     text_keys: float = 0.0) -> tuple[dict[str, InterleavedSource], dict[str, InterleavedSource]]:
     """(train, test) sources named by kind, for the stream's mixture.
 
     `fresh_fewshot_shots` > 0: training few-shot episodes are `FreshEpisodes` with up to that many
     demonstrations, drawn with the stored dataset's image size and seed (the stored train split is unused);
     held-out episodes are always the stored test split. `one_difference`: the share of them whose images
-    differ only in the named attribute, `identical` the share that repeat one drawing per class
-    (`FreshEpisodes`).
+    differ only in the named attribute, `identical` the share that repeat one drawing per class,
+    `text_keys` the share shown as text (`FreshEpisodes`).
     """
     def make(kind: str, split: str) -> InterleavedSource:
         if kind == "fewshot" and split == "train" and fresh_fewshot_shots > 0:
-            examples = FreshEpisodes(*stored_drawing(data_dir), fresh_fewshot_shots, one_difference, identical)
+            examples = FreshEpisodes(*stored_drawing(data_dir), fresh_fewshot_shots, one_difference, identical,
+                                     text_keys)
             source = InterleavedSource(examples, tokenizer, layout, seq_len, patch_size, label_loss=label_loss,
                                        cache_size=0)  # Each is drawn about once: keeping them would only cost memory.
             longest = source.tokenize(fresh_fewshot_shots - 1).length  # Episode i has 1 + i % max demonstrations.

@@ -401,7 +401,8 @@ def _document_sources(config, root: str | os.PathLike | None, layout: VocabLayou
                                           label_loss=bool(config.data.fewshot_label_loss),
                                           fresh_fewshot_shots=int(config.data.fewshot_train_max_shots),
                                           one_difference=float(config.data.fewshot_train_one_difference),
-                                          identical=float(config.data.fewshot_train_identical))
+                                          identical=float(config.data.fewshot_train_identical),
+                                          text_keys=float(config.data.get("fewshot_train_text", 0.0)))
     except FileNotFoundError as e:
         raise missing("documents dataset", documents.documents_path(root)) from e
 

@@ -291,6 +291,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.fewshot_train_max_shots", _non_negative, ">= 0 (0 trains on the stored episodes)"),
     ("data.fewshot_train_one_difference", _probability, "a share in [0, 1]"),
     ("data.fewshot_train_identical", _probability, "a share in [0, 1]"),
+    ("data.fewshot_train_text", _probability, "a share in [0, 1]"),
     ("dagger.episodes", lambda x: _positive(x) and x < 1000, "in 1..999 (rounds' episode seeds are 1000 apart)"),
     ("dagger.share", _probability, "a share in [0, 1]"),
     ("dagger.beta", _probability, "a probability in [0, 1] (0: the model acts on every step of a round)"),

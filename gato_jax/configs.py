@@ -201,6 +201,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Share of fresh episodes (drawn independently of the above) that repeat one drawing per class, so the
     # query equals its class's demonstrations pixel for pixel (a lookup by exact match, the easiest there is).
     c.data.fewshot_train_identical = 0.0
+    # Share of fresh episodes (drawn independently again) shown as text: each image replaced by its class's
+    # value, "red :", then the word. The same lookup on token keys, where it forms fast with smeared keys.
+    c.data.fewshot_train_text = 0.0
     c.data.caption_digits = True  # Mix scikit-learn's digits into captions (False: scenes only).
     # Delete every image position from the training and held-out examples (a text-only run whose decoder
     # then warm-starts a model.kind="prismer" run, which reads images only through cross-attention).

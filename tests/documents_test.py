@@ -370,6 +370,24 @@ def test_training_source_packs_whole_examples(prepared, tokenizer, layout, fresh
         assert len(eos) == len(bos), "examples are packed whole"
 
 
+def test_text_key_episodes_show_each_class_value_as_text_and_change_nothing_else():
+    """A text-key episode is the same episode with each image replaced by "value :" (no image left); the
+    share is drawn independently, so the image episodes of the other shares are unchanged."""
+    plain = documents.FreshEpisodes(SIZE, SEED, max_shots=4, identical=0.5)
+    text = documents.FreshEpisodes(SIZE, SEED, max_shots=4, identical=0.5, text_keys=1.0)
+    for i in range(1, 9):
+        ex, meta = text[i], text[i]["meta"]
+        assert meta.pop("text_keys") and meta == plain[i]["meta"]
+        np.testing.assert_array_equal(ex["images"], plain[i]["images"])
+        pieces = documents.example_pieces(ex, label_loss=True)
+        assert all(isinstance(p, TextPiece) for p in pieces)
+        keys, words = pieces[1::2], pieces[2::2]
+        assert [k.text for k in keys] == [f"{meta['values'][c]} :" for c in meta["classes"]]
+        assert [w.text for w in words] == [meta["words"][c] for c in meta["classes"]]
+    half = documents.FreshEpisodes(SIZE, SEED, 4, text_keys=0.5)
+    assert 10 < sum("text_keys" in half[i]["meta"] for i in range(40)) < 30
+
+
 def test_identical_episodes_repeat_one_drawing_per_class():
     fresh = documents.FreshEpisodes(SIZE, SEED, max_shots=4, one_difference=1.0, identical=1.0)
     for ex in [*(fresh[i] for i in range(1, 12)), documents.FreshEpisodes(SIZE, SEED, 4, identical=1.0)[3]]:
