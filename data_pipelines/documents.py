@@ -394,20 +394,29 @@ def stored_drawing(data_dir: str | os.PathLike) -> tuple[int, int]:
 
 
 WORD_ROWS_FIRST_INDEX = 10**6  # Past every stored test index: these episodes are made, not stored.
+# Kinds of word-loss episodes (`fewshot_word_rows`): the held-out kind evaluated for the target, and the
+# easier kinds a run may train on (`config.data.fewshot_train_*`), each on held-out images.
+WORD_ROW_KINDS = ("heldout", "one_difference", "identical", "text_keys")
 
 
 def fewshot_word_rows(data_dir: str | os.PathLike, tokenizer: TextTokenizer, layout: VocabLayout,
-                      patch_size: int, episodes: int, shots: int) -> list[TokenSequence]:
+                      patch_size: int, episodes: int, shots: int, kind: str = "heldout") -> list[TokenSequence]:
     """Unpaired few-shot episodes of `shots` demonstrations on held-out images, every word loss-masked.
 
     The loss of each demonstration's word says whether the model reads the ones before it: shaped like
     the fresh training episodes (`FreshEpisodes`: classes drawn independently, so no word follows from its
     position) but drawn from the test half of image space; a model that reads only the header ("dax or
     wug?") pays ~ln 2 on every word, one that looks words up by their images pays less the more it has seen.
+    `kind` (WORD_ROW_KINDS) makes them like one of the easier training kinds instead, so a curriculum's
+    progress on what it trains on shows beside the held-out kind; the episodes are the same draws.
     """
+    if kind not in WORD_ROW_KINDS:
+        raise ValueError(f"Unknown word-loss episode kind {kind!r}; use one of {WORD_ROW_KINDS}.")
     size, seed = stored_drawing(data_dir)
     return [tokenize_example(make_example("fewshot", "test", WORD_ROWS_FIRST_INDEX + i, size, seed, shots=shots,
-                                          paired=False), tokenizer, layout, patch_size, label_loss=True)
+                                          paired=False, one_difference=kind == "one_difference",
+                                          identical=kind == "identical", text_keys=kind == "text_keys"),
+                             tokenizer, layout, patch_size, label_loss=True)
             for i in range(episodes)]
 
 

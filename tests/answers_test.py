@@ -4,6 +4,7 @@ Array key: B = rows, T = tokens, V = vocabulary.
 """
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from documents_test import SEED, SIZE, small_tokenizer
@@ -139,5 +140,14 @@ def test_masked_token_nll_equals_an_unpadded_pass_and_feeds_the_word_summary(fns
     summary = checkpoint_eval.fewshot_word_nll(fns.model, rows)
     assert summary["episodes"] == 3 and summary["demonstrations"] == 2
     np.testing.assert_allclose(summary["by_word"], np.mean([nll[:-1] for nll in per_row], axis=0), rtol=1e-6)
-    md = report_lib.markdown({"vision_language": {"fewshot_word_nll": summary}})
+    md = report_lib.markdown({"vision_language": {"fewshot_word_nll": summary,
+                                                  "fewshot_word_nll_trained_kinds": {"text_keys": summary}}})
     assert "3 unpaired 2-demonstration episodes on held-out images" in md and "0.693 = ln 2" in md
+    assert "easier kind `text_keys` this run trained on" in md
+
+
+def test_word_losses_are_reported_for_each_easier_kind_the_run_trained_on():
+    config = ml_collections.ConfigDict({"data": {"fewshot_train_identical": 0.5, "fewshot_train_text": 0.25,
+                                                 "fewshot_train_one_difference": 0.0}})
+    assert checkpoint_eval.trained_word_kinds(config) == ["identical", "text_keys"]
+    assert checkpoint_eval.trained_word_kinds(ml_collections.ConfigDict({"data": {}})) == []

@@ -344,6 +344,17 @@ def test_fewshot_prompts_at_every_k(prepared, tokenizer, layout):
         assert all(captions.image_split(image) == "test" for image in episode["images"]), "held-out pixels"
         np.testing.assert_array_equal(row.patches, documents.tokenize_example(episode, tokenizer, layout,
                                                                               label_loss=True).patches)
+    by_kind = {kind: documents.fewshot_word_rows(data_dir, tokenizer, layout, 16, episodes=2, shots=5, kind=kind)
+               for kind in documents.WORD_ROW_KINDS}
+    assert all(len(rows) == 2 for rows in by_kind.values())
+    for i, heldout in enumerate(by_kind["heldout"]):
+        np.testing.assert_array_equal(heldout.tokens, rows[i].tokens)
+        text = by_kind["text_keys"][i]
+        assert not image_spans(text, layout) and int(text.loss_mask.sum()) == 5 + 1 + 1, "keys as text, same words"
+        np.testing.assert_array_equal(heldout.tokens[heldout.loss_mask], text.tokens[text.loss_mask])
+        assert len(image_spans(by_kind["identical"][i], layout)) == 5 + 1
+    with pytest.raises(ValueError, match="kind"):
+        documents.fewshot_word_rows(data_dir, tokenizer, layout, 16, episodes=1, shots=2, kind="easy")
     questions = documents.question_prompts(documents.load_documents(data_dir, "test", "questions"), tokenizer, layout)
     assert len(questions) == NUM_TEST and {q.question_type for q in questions} == set(documents.QUESTION_TYPES)
     with pytest.raises(ValueError, match="demonstrations"):

@@ -211,6 +211,12 @@ def test_smeared_decode_matches_full_forward(smear_fns, gapped, chunk):
     np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
 
 
+def test_only_a_smearing_model_stores_last_keys(fns, smear_fns):
+    d = smear_fns.model.dims
+    assert smear_fns.model.init_cache(B, T).last_keys.shape == (d.num_layers, B, d.num_heads, d.head_dim)
+    assert fns.model.init_cache(B, T).last_keys.shape[-1] == 0, "the plain model carries no last keys"
+
+
 def test_smeared_ring_and_reset_match_the_full_pass(smear_fns, gapped):
     """Through a wrapping ring (a chunk overwriting its own first token), and after `reset_to_pinned`,
     where the episode's first token smears with the prompt's last, as in training."""

@@ -59,12 +59,15 @@ def test_schedule_matches_spec():
     assert (opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.grad_clip) == (0.9, 0.95, 1e-8, 0.1, 1.0)
 
 
-def test_weight_decay_skips_norms_and_biases():
-    model = Gato(configs.model_config("tiny"), LAYOUT.padded_size, rngs=nnx.Rngs(0))
+def test_weight_decay_skips_norms_biases_and_gates():
+    model_config = configs.model_config("tiny")
+    model_config.smear_keys = True
+    model = Gato(model_config, LAYOUT.padded_size, rngs=nnx.Rngs(0))
     _, params = nnx.split(model, nnx.Param)
     flat = {jax.tree_util.keystr(path): decay
             for path, decay in jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
     assert flat and all(decay == ("kernel" in key or "embedding" in key) for key, decay in flat.items())
+    assert any("smear_logit_H" in key for key in flat), "the gates are parameters, and not decayed"
 
 
 def test_loss_counts_only_masked_targets():

@@ -41,7 +41,7 @@ class KVCache(NamedTuple):
     pos: jax.Array  # int32 [S]: write number of the token in each slot; -1 when empty.
     index: jax.Array  # int32 []: tokens written so far (the next token's write number).
     pinned: jax.Array  # int32 []: slots [0, pinned) are fixed; the ring is [pinned, S).
-    last_keys: jax.Array  # [L, B, H, K]: raw key of each row's last real token (smeared keys only).
+    last_keys: jax.Array  # [L, B, H, K]: raw key of each row's last real token (K = 0 without smeared keys).
     has_last: jax.Array  # bool [B]: the row has written a real token (since its reset).
     pinned_last_keys: jax.Array  # [L, B, H, K]: `last_keys` when the prefix was pinned.
     pinned_has_last: jax.Array  # bool [B]: `has_last` when the prefix was pinned.
@@ -52,12 +52,13 @@ class KVCache(NamedTuple):
 
 
 def init_cache(num_layers: int, batch_size: int, size: int, num_heads: int, head_dim: int,
-               dtype=jnp.float32) -> KVCache:
-    """An empty cache of `size` slots."""
+               dtype=jnp.float32, smear_keys: bool = True) -> KVCache:
+    """An empty cache of `size` slots. Without `smear_keys` the last-key fields are empty ([L, B, H, 0]):
+    a model that never reads them neither stores nor carries them through its decode scan."""
     if size < 2:
         raise ValueError(f"A KV cache needs at least 2 slots, got size={size}.")
     shape = (num_layers, batch_size, size, num_heads, head_dim)
-    last_shape = (num_layers, batch_size, num_heads, head_dim)
+    last_shape = (num_layers, batch_size, num_heads, head_dim if smear_keys else 0)
     return KVCache(
         keys=jnp.zeros(shape, dtype),
         values=jnp.zeros(shape, dtype),

@@ -179,7 +179,8 @@ class Gato(nnx.Module):
     def init_cache(self, batch_size: int, size: int) -> cache_lib.KVCache:
         """An empty KVCache of `size` slots in the compute dtype."""
         d = self.dims
-        return cache_lib.init_cache(d.num_layers, batch_size, size, d.num_heads, d.head_dim, d.compute_dtype)
+        return cache_lib.init_cache(d.num_layers, batch_size, size, d.num_heads, d.head_dim, d.compute_dtype,
+                                    smear_keys=d.smear_keys)
 
     def decode(self, seq_chunk: TokenSequence, cache: cache_lib.KVCache) -> tuple[jax.Array, cache_lib.KVCache]:
         """Appends `seq_chunk` [B, t] after the cache's tokens: logits float32 [B, t, V] and the new cache.

@@ -90,8 +90,9 @@ class DataHooks(NamedTuple):
     # (tokenizer, layout, patch_size, max questions, max episodes) -> held-out multiple-choice prompts by
     # section: "questions" (typed by question) and "fewshot" (typed "fewshot_<k>"); KOSMOS-1 documents only.
     vision_language_prompts: Callable[..., Mapping[str, Sequence[TokenizedPrompt]]] | None = None
-    # (tokenizer, layout, patch_size, episodes, shots) -> unpaired few-shot episodes on held-out images with
-    # every word loss-masked, for the loss of each demonstration's word (`fewshot_word_nll`).
+    # (tokenizer, layout, patch_size, episodes, shots, kind=) -> unpaired few-shot episodes on held-out images
+    # with every word loss-masked, for the loss of each demonstration's word (`fewshot_word_nll`); `kind`
+    # "heldout" or one of the easier kinds a run may train on (TRAINED_WORD_KINDS).
     fewshot_word_rows: Callable[..., Sequence[TokenSequence]] | None = None
 
 
@@ -497,11 +498,13 @@ def _captions_and_text(loaded: Loaded, config, sources: EvalSources, hooks: Data
 
 
 def vision_language_scores(loaded: Loaded, prompts: Mapping[str, Sequence[TokenizedPrompt]],
-                           word_rows: Sequence[TokenSequence] = ()) -> dict[str, Any]:
+                           word_rows: Sequence[TokenSequence] = (),
+                           trained_word_rows: Mapping[str, Sequence[TokenSequence]] | None = None) -> dict[str, Any]:
     """The `vision_language` section: multiple-choice accuracy (the candidate the model finds likeliest,
     `answers.answer_accuracy`) by question type on held-out scenes, and on held-out few-shot episodes
     by number of shots, each beside chance and the majority answer; with `word_rows`, the mean loss of
-    each word of those episodes (`fewshot_word_nll`)."""
+    each word of those episodes (`fewshot_word_nll`), and with `trained_word_rows` the same for each easier
+    kind the run trained on (`fewshot_word_nll_trained_kinds`: a curriculum's progress, not the target)."""
     out: dict[str, Any] = {"method": "likeliest of the closed answer set (question type's answers, or the "
                                      "episode's two words)"}
     for section, items in prompts.items():
@@ -514,6 +517,9 @@ def vision_language_scores(loaded: Loaded, prompts: Mapping[str, Sequence[Tokeni
                                         - fewshot.get("fewshot_0", {}).get("accuracy", math.nan))
     if word_rows:
         out["fewshot_word_nll"] = fewshot_word_nll(loaded.model, word_rows)
+    if trained_word_rows:
+        out["fewshot_word_nll_trained_kinds"] = {kind: fewshot_word_nll(loaded.model, rows)
+                                                 for kind, rows in trained_word_rows.items()}
     return out
 
 
@@ -536,11 +542,23 @@ def _vision_language(loaded: Loaded, config, sources: EvalSources, hooks: DataHo
     patch_size = int(loaded.config.model.patch_size)
     prompts = hooks.vision_language_prompts(loaded.tokenizer, loaded.layout, patch_size,
                                             int(config.eval.question_examples), int(config.eval.fewshot_examples))
-    word_rows = []
+    word_rows, trained_word_rows = [], {}
     if hooks.fewshot_word_rows is not None and int(config.eval.fewshot_word_episodes) > 0:
-        word_rows = hooks.fewshot_word_rows(loaded.tokenizer, loaded.layout, patch_size,
-                                            int(config.eval.fewshot_word_episodes), int(config.eval.fewshot_word_shots))
-    return {"vision_language": vision_language_scores(loaded, prompts, word_rows)}
+        rows = functools.partial(hooks.fewshot_word_rows, loaded.tokenizer, loaded.layout, patch_size,
+                                 int(config.eval.fewshot_word_episodes), int(config.eval.fewshot_word_shots))
+        word_rows = rows(kind="heldout")
+        trained_word_rows = {kind: rows(kind=kind) for kind in trained_word_kinds(loaded.config)}
+    return {"vision_language": vision_language_scores(loaded, prompts, word_rows, trained_word_rows)}
+
+
+# Easier few-shot kinds a run may train on, by the config share that turns each on (`documents.FreshEpisodes`).
+TRAINED_WORD_KINDS = {"one_difference": "fewshot_train_one_difference", "identical": "fewshot_train_identical",
+                      "text_keys": "fewshot_train_text"}
+
+
+def trained_word_kinds(train_config) -> list[str]:
+    """The easier few-shot kinds the checkpoint trained on, in TRAINED_WORD_KINDS order."""
+    return [kind for kind, field in TRAINED_WORD_KINDS.items() if float(train_config.data.get(field, 0.0)) > 0]
 
 
 def _is_prismer(loaded: Loaded) -> bool:

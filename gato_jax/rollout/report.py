@@ -181,6 +181,9 @@ def _vision_language_lines(vl: Mapping[str, Any]) -> list[str]:
                   f"episodes on held-out images, demonstrations 1-{w['demonstrations']} then the query "
                   f"({_fmt(w['header_only'], 3)} = ln 2 is reading the header only): "
                   + " / ".join(_fmt(x, 2) for x in w["by_word"]), ""]
+    for kind, w in vl.get("fewshot_word_nll_trained_kinds", {}).items():
+        lines += [f"The same episodes made as the easier kind `{kind}` this run trained on (a curriculum's "
+                  "progress, not the target): " + " / ".join(_fmt(x, 2) for x in w["by_word"]), ""]
     return lines
 
 

@@ -17,7 +17,9 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
     return optax.join_schedules([warmup, cosine], [warmup_steps])
 
 
-NO_DECAY_NAMES = ("bias", "scale")  # Norm scales and biases: decaying them toward 0 only hurts.
+# Norm scales, biases and the smeared-key gate logits: decaying them toward 0 only hurts (a gate's logit
+# decays toward an even mix, 0.5, which is not a prior worth paying for).
+NO_DECAY_NAMES = ("bias", "scale", "smear_logit_H")
 
 
 def decay_mask(params):
