@@ -162,7 +162,10 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, di
             result = rollout_task(loaded, name, settings, labelled_hooks(hooks, wrap), key, progress=progress,
                                   demos=demos)
             returns = [e.ret for e in result.episodes]
-            return {"model_returns": returns, "model_return": float(np.mean(returns)),
+            # With beta > 0 the expert executed a share of the steps: these are the mixed policy's returns.
+            return {"played_returns": returns, "played_return": float(np.mean(returns)),
+                    "played_by": "the model" if round_beta(config, name) == 0 else
+                    f"the model, the expert's action executed instead with probability {round_beta(config, name)}",
                     "rollout_seconds": round(result.seconds, 1)}
 
         where = onpolicy.record_round(name, root, loaded.task_specs[name], play,
@@ -170,6 +173,6 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, di
                                       beta=round_beta(config, name))
         meta = episodes.load_metadata(root, name)
         _LOG.info("DAgger round at step %d: %s, %d episodes (%d steps, the expert's action executed on %.2f), "
-                  "return %.1f, in %s", step, name, meta["splits"]["train"], meta["steps"]["train"],
-                  meta["expert_executed_share"], meta["model_return"], where)
+                  "return %.1f (played by %s), in %s", step, name, meta["splits"]["train"], meta["steps"]["train"],
+                  meta["expert_executed_share"], meta["played_return"], meta["played_by"], where)
     return root

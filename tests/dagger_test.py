@@ -38,7 +38,7 @@ def play_two_episodes(wrap, seen: list) -> dict:
             if terminated or truncated:
                 break
         env.close()
-    return {"model_return": 0.0}
+    return {"played_return": 0.0, "played_by": "the model"}
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +262,8 @@ def test_make_train_collects_the_round_and_a_lost_round_comes_back_the_same(tmp_
     first = {n: episodes.load_episodes(root, n, "train") for n in dagger.round_tasks(smoke_config())}
     assert len(first) == 4 and all(len(eps) == 2 for eps in first.values())
     assert read_meta(str(workdir)).data["onpolicy_rounds"] == [str(root)]
+    played_by = {n: episodes.load_metadata(root, n)["played_by"] for n in first}
+    assert played_by["atari_pong"] == "the model" and "expert" in played_by["atari_breakout"], "a mixed round says so"
     frames = first[TASK][0]["steps"]["observation"]["frame"].copy()
     labels = first[TASK][0]["steps"]["action"]["action"].copy()
     shutil.rmtree(root / TASK)
