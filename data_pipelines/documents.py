@@ -408,7 +408,8 @@ def fewshot_word_rows(data_dir: str | os.PathLike, tokenizer: TextTokenizer, lay
     position) but drawn from the test half of image space; a model that reads only the header ("dax or
     wug?") pays ~ln 2 on every word, one that looks words up by their images pays less the more it has seen.
     `kind` (WORD_ROW_KINDS) makes them like one of the easier training kinds instead, so a curriculum's
-    progress on what it trains on shows beside the held-out kind; the episodes are the same draws.
+    progress on what it trains on shows beside the held-out kind; each index keeps its attribute, values,
+    words and classes across kinds (`fewshot_plan` draws them before the scenes).
     """
     if kind not in WORD_ROW_KINDS:
         raise ValueError(f"Unknown word-loss episode kind {kind!r}; use one of {WORD_ROW_KINDS}.")

@@ -163,9 +163,9 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, di
                                   demos=demos)
             returns = [e.ret for e in result.episodes]
             # With beta > 0 the expert executed a share of the steps: these are the mixed policy's returns.
-            return {"played_returns": returns, "played_return": float(np.mean(returns)),
-                    "played_by": "the model" if round_beta(config, name) == 0 else
-                    f"the model, the expert's action executed instead with probability {round_beta(config, name)}",
+            beta = round_beta(config, name)
+            played_by = "the model" if beta == 0 else f"the model, the expert's action executed with probability {beta}"
+            return {"played_returns": returns, "played_return": float(np.mean(returns)), "played_by": played_by,
                     "rollout_seconds": round(result.seconds, 1)}
 
         where = onpolicy.record_round(name, root, loaded.task_specs[name], play,

@@ -534,6 +534,16 @@ def fewshot_word_nll(model: nnx.Module, rows: Sequence[TokenSequence]) -> dict[s
             "by_word": [float(x) for x in words.mean(axis=0)]}
 
 
+# Easier few-shot kinds a run may train on, by the config share that turns each on (`documents.FreshEpisodes`).
+TRAINED_WORD_KINDS = {"one_difference": "fewshot_train_one_difference", "identical": "fewshot_train_identical",
+                      "text_keys": "fewshot_train_text"}
+
+
+def trained_word_kinds(train_config) -> list[str]:
+    """The easier few-shot kinds the checkpoint trained on, in TRAINED_WORD_KINDS order."""
+    return [kind for kind, field in TRAINED_WORD_KINDS.items() if float(train_config.data.get(field, 0.0)) > 0]
+
+
 def _vision_language(loaded: Loaded, config, sources: EvalSources, hooks: DataHooks | None) -> dict:
     if not sources.vision_language:
         return {}
@@ -550,15 +560,6 @@ def _vision_language(loaded: Loaded, config, sources: EvalSources, hooks: DataHo
         trained_word_rows = {kind: rows(kind=kind) for kind in trained_word_kinds(loaded.config)}
     return {"vision_language": vision_language_scores(loaded, prompts, word_rows, trained_word_rows)}
 
-
-# Easier few-shot kinds a run may train on, by the config share that turns each on (`documents.FreshEpisodes`).
-TRAINED_WORD_KINDS = {"one_difference": "fewshot_train_one_difference", "identical": "fewshot_train_identical",
-                      "text_keys": "fewshot_train_text"}
-
-
-def trained_word_kinds(train_config) -> list[str]:
-    """The easier few-shot kinds the checkpoint trained on, in TRAINED_WORD_KINDS order."""
-    return [kind for kind, field in TRAINED_WORD_KINDS.items() if float(train_config.data.get(field, 0.0)) > 0]
 
 
 def _is_prismer(loaded: Loaded) -> bool:
