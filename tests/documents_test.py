@@ -352,7 +352,9 @@ def test_fewshot_prompts_at_every_k(prepared, tokenizer, layout):
         text = by_kind["text_keys"][i]
         assert not image_spans(text, layout) and int(text.loss_mask.sum()) == 5 + 1 + 1, "keys as text, same words"
         np.testing.assert_array_equal(heldout.tokens[heldout.loss_mask], text.tokens[text.loss_mask])
-        assert len(image_spans(by_kind["identical"][i], layout)) == 5 + 1
+        identical = by_kind["identical"][i]
+        assert len(image_spans(identical, layout)) == 5 + 1
+        assert not np.array_equal(identical.patches, heldout.patches), "each class's first drawing, repeated"
     with pytest.raises(ValueError, match="kind"):
         documents.fewshot_word_rows(data_dir, tokenizer, layout, 16, episodes=1, shots=2, kind="easy")
     questions = documents.question_prompts(documents.load_documents(data_dir, "test", "questions"), tokenizer, layout)
