@@ -363,7 +363,8 @@ def answer_prompt(example: Mapping[str, Any], tokenizer: TextTokenizer, layout: 
     question_type = meta["question_type"] if shots is None else f"{meta['question_type']}_{shots}"
     ideal = None if meta["kind"] != "fewshot" else ideal_fewshot_accuracy(meta, len(example["images"]) - 1
                                                                           if shots is None else shots)
-    return TokenizedPrompt(prompt, tuple(meta["candidates"]), int(meta["answer"]), question_type, ideal)
+    group = meta["attribute"] if meta["kind"] == "fewshot" else None
+    return TokenizedPrompt(prompt, tuple(meta["candidates"]), int(meta["answer"]), question_type, ideal, group)
 
 
 def question_prompts(examples: Sequence[Mapping], tokenizer: TextTokenizer, layout: VocabLayout,

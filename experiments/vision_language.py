@@ -17,8 +17,9 @@ Results:  held-out visual questions 0.929 (chance 0.345; target 0.8 met); few-sh
           separator does not form, even for pixel-identical images): its "Where the lookup stalls".
           With one token per image (resampler K = 1), smeared keys and the text-key curriculum, a small
           model's held-out few-shot accuracy first rises with the demonstrations (0.52 at 0 shots, 0.64 at
-          4, step 5000; +0.05 to +0.10 in a replicate with another seed; not yet the target): README "The
-          curriculum for longer, and one token per image".
+          4, step 5000; +0.05 to +0.10 in a replicate with another seed; not yet the target), most of it on
+          episodes whose words name the shapes' position: README "The curriculum for longer, and one
+          token per image".
 """
 import ml_collections
 

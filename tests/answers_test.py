@@ -101,15 +101,22 @@ def test_accuracy_by_type_and_baselines():
     assert report["all"] == pytest.approx({"accuracy": 0.75, "chance": 0.4375, "majority": 0.75, "count": 4})
     ideal = answers.accuracy_by_type([it._replace(ideal=v) for it, v in zip(items, [1.0, 0.5, 0.0, 1.0])], [0, 1, 1, 2])
     assert ideal["x"]["ideal"] == pytest.approx(0.5) and ideal["all"]["ideal"] == pytest.approx(0.625)
+    grouped_items = [it._replace(group=g) for it, g in zip(items, ["c", "s", "c", "c"])]
+    grouped = answers.accuracy_by_type(grouped_items, [0, 1, 1, 2])
+    assert grouped["x"]["by_group"] == {"c": {"accuracy": 1.0, "count": 2}, "s": {"accuracy": 0.0, "count": 1}}
+    assert grouped["x"]["accuracy"] == report["x"]["accuracy"] and "by_group" not in grouped["all"]
+    assert "by_group" not in answers.accuracy_by_type(items[:1] + [items[1]._replace(group="c")], [0, 0])["x"]
     with pytest.raises(ValueError, match="at least one"):
         answers.answer_accuracy(lambda seq: np.zeros(len(seq.tokens)), [], None, None)
 
 
 def test_report_puts_the_ideal_reader_beside_fewshot_accuracy():
     scores = {"accuracy": 0.5, "chance": 0.5, "majority": 0.5, "count": 8}
-    vl = {"questions": {"count": scores}, "fewshot": {"fewshot_4": scores | {"ideal": 0.975}}}
+    by_group = {"colour": {"accuracy": 0.75, "count": 4}, "shape": {"accuracy": 0.25, "count": 4}}
+    vl = {"questions": {"count": scores}, "fewshot": {"fewshot_4": scores | {"ideal": 0.975, "by_group": by_group}}}
     md = report_lib.markdown({"vision_language": vl})
     assert "| fewshot | examples | accuracy | chance | majority | Bayes-optimal reader |" in md and "0.975" in md
+    assert "fewshot_4 by the attribute the words name: colour 0.750 (4) / shape 0.250 (4)" in md
     assert "| questions | examples | accuracy | chance | majority |" in md
 
 

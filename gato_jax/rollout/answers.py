@@ -128,16 +128,28 @@ def choose_answers(scorer: RowScorer, items: Sequence[TokenizedPrompt], tokenize
 
 
 def accuracy_by_type(items: Sequence[TokenizedPrompt], chosen: Sequence[int]) -> dict[str, dict[str, float]]:
-    """{question type: accuracy, chance, majority, count (and ideal, where every item has one)}, plus 'all':
-    each averaged over every item (its majority answers each type's commonest answer)."""
+    """{question type: accuracy, chance, majority, count (and ideal, where every item has one; and
+    `by_group`, each group's accuracy and count, where every item has a group)}, plus 'all': each averaged
+    over every item (its majority answers each type's commonest answer). Few-shot items are grouped by the
+    attribute their words name: a lookup that matches whole images shows as a gain on some attributes only."""
     groups = collections.defaultdict(list)
     for item, pick in zip(items, chosen):
         groups[item.question_type].append((item, int(pick)))
-    out = {name: _type_scores(pairs) for name, pairs in sorted(groups.items())}
+    out = {name: _type_scores(pairs) | _group_scores(pairs) for name, pairs in sorted(groups.items())}
     total = sum(s["count"] for s in out.values())
     keys = ("accuracy", "chance", "majority") + (("ideal",) if all("ideal" in s for s in out.values()) else ())
     out["all"] = {key: sum(s[key] * s["count"] for s in out.values()) / total for key in keys} | {"count": total}
     return out
+
+
+def _group_scores(pairs: list[tuple[TokenizedPrompt, int]]) -> dict[str, dict[str, dict[str, float]]]:
+    if any(item.group is None for item, _ in pairs):
+        return {}
+    by_group = collections.defaultdict(list)
+    for item, pick in pairs:
+        by_group[item.group].append(pick == item.answer)
+    return {"by_group": {g: {"accuracy": float(np.mean(right)), "count": len(right)}
+                         for g, right in sorted(by_group.items())}}
 
 
 def _type_scores(pairs: list[tuple[TokenizedPrompt, int]]) -> dict[str, float]:

@@ -175,6 +175,10 @@ def _vision_language_lines(vl: Mapping[str, Any]) -> list[str]:
                             + (["Bayes-optimal reader"] if ideal else []), rows)
     if "fewshot_gain_4_over_0" in vl:
         lines += [f"4-shot minus 0-shot accuracy: {_fmt(vl['fewshot_gain_4_over_0'], 3)}", ""]
+    for kind, s in sorted(vl.get("fewshot", {}).items()):
+        if s.get("by_group"):
+            lines += [f"{kind} by the attribute the words name: " + " / ".join(
+                f"{g} {_fmt(v['accuracy'], 3)} ({v['count']})" for g, v in s["by_group"].items()), ""]
     if "fewshot_word_nll" in vl:
         w = vl["fewshot_word_nll"]
         lines += [f"Loss of each word (nats) in {w['episodes']} unpaired {w['demonstrations']}-demonstration "

@@ -46,6 +46,7 @@ class TokenizedPrompt(NamedTuple):
     answer: int  # Index of the right candidate.
     question_type: str  # Accuracy is reported per type.
     ideal: float | None = None  # A perfect reader's expected accuracy on this item (few-shot: Bayes-optimal).
+    group: str | None = None  # Reported within its type (few-shot: the attribute the words name).
 
 
 def _special(layout: VocabLayout, name: str, loss: bool, patch_size: int) -> TokenSequence:
