@@ -336,7 +336,8 @@ def test_fewshot_prompts_at_every_k(prepared, tokenizer, layout):
         assert not item.prompt.loss_mask.any()
         assert item.prompt.tokens[-1] == layout.special_id("</image>"), "the answer follows the query image"
         assert item.ideal == documents.ideal_fewshot_accuracy(episodes[position % 5]["meta"], k)
-        assert item.group == episodes[position % 5]["meta"]["attribute"] in documents.ATTRIBUTES
+        assert item.group == episodes[position % 5]["meta"]["attribute"], "grouped by the attribute the words name"
+        assert item.group in documents.ATTRIBUTES
     rows = documents.fewshot_word_rows(data_dir, tokenizer, layout, 16, episodes=3, shots=5)
     for i, row in enumerate(rows):
         assert len(image_spans(row, layout)) == 5 + 1 and int(row.loss_mask.sum()) == 5 + 1 + 1, "words, <eos>"

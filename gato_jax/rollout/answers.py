@@ -143,6 +143,8 @@ def accuracy_by_type(items: Sequence[TokenizedPrompt], chosen: Sequence[int]) ->
 
 
 def _group_scores(pairs: list[tuple[TokenizedPrompt, int]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{'by_group': {group: accuracy, count}}, or {} when any item has no group (so a type's groups always
+    add up to its count)."""
     if any(item.group is None for item, _ in pairs):
         return {}
     by_group = collections.defaultdict(list)
