@@ -227,7 +227,7 @@ class ControlSource:
             start = length - steps
         else:
             start = int(rng.integers(length - steps + 1))
-        tokens = episode_lib.tokenize_episode(self.spec, self.layout, demos.steps(other, start, start + steps))
+        tokens = self._tokenize(demos, other, start, start + steps)
         return tokens._replace(loss_mask=np.zeros_like(tokens.loss_mask))
 
     def other_episode(self, rng: np.random.Generator, episode: int) -> int:
@@ -239,7 +239,13 @@ class ControlSource:
         return other + (other >= episode)
 
     def _tokens(self, episode: int, start: int, stop: int) -> TokenSequence:
-        return episode_lib.tokenize_episode(self.spec, self.layout, self.episodes.steps(episode, start, stop))
+        return self._tokenize(self.episodes, episode, start, stop)
+
+    def _tokenize(self, episodes: FlatEpisodes, episode: int, start: int, stop: int) -> TokenSequence:
+        """Steps start:stop of one episode; frame histories read the steps before `start` too."""
+        lead = episode_lib.history_lead(self.spec, start)
+        steps = episode_lib.with_frame_history(self.spec, episodes.steps(episode, start - lead, stop), lead)
+        return episode_lib.tokenize_episode(self.spec, self.layout, steps)
 
 
 class SourceMix:

@@ -94,8 +94,9 @@ def reference_scores(name: str) -> dict[str, float]:
     return {"random": task.random_score, "human": task.human_score}
 
 
-def task_spec(name: str, frame_size: int = 80, patch_size: int = 16) -> TaskSpec:
-    """The token spec of a task's observations and actions (see the module docstring)."""
+def task_spec(name: str, frame_size: int = 80, patch_size: int = 16, frame_history: int = 1) -> TaskSpec:
+    """The token spec of a task's observations and actions (see the module docstring); `frame_history`
+    (Atari only) is how many frames each image's channels show (`TaskSpec.frame_history`)."""
     task = get_task(name)
     if task.kind == "atari":
         observation = (FieldSpec("frame", FieldKind.IMAGE, (frame_size, frame_size, 1)),)
@@ -104,7 +105,8 @@ def task_spec(name: str, frame_size: int = 80, patch_size: int = 16) -> TaskSpec
         obs_dim, act_dim, bound = _MUJOCO_SHAPES[name]
         observation = (FieldSpec("state", FieldKind.CONTINUOUS, (obs_dim,), companded=True),)
         action = (FieldSpec("action", FieldKind.CONTINUOUS, (act_dim,), companded=False, scale=bound),)
-    return TaskSpec(name=name, observation=observation, action=action, patch_size=patch_size)
+    history = frame_history if task.kind == "atari" else 1
+    return TaskSpec(name=name, observation=observation, action=action, patch_size=patch_size, frame_history=history)
 
 
 def episode_limit(name: str, max_steps: int) -> int:

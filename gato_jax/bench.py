@@ -225,7 +225,8 @@ def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int |
 
     layout = VocabLayout.from_config(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
-    spec = task_spec(task, frame_size=config.data.frame_size, patch_size=config.model.patch_size)
+    spec = task_spec(task, frame_size=config.data.frame_size, patch_size=config.model.patch_size,
+                     frame_history=config.data.get("frame_history", 1))
     loaded = Loaded(model, config, layout, {task: spec}, None, 0, {})
     # Environments only: no dataset is read.
     hooks = task_hooks({}, int(config.data.frame_size), str(config.data.frame_filter))

@@ -32,6 +32,7 @@ from ml_collections import config_flags
 from gato_jax import sharding
 from gato_jax.configs import FRAME_FILTERS
 from gato_jax.errors import GatoError, UsageError
+from gato_jax.tokenizers.spec import MAX_FRAME_HISTORY
 
 DEBUG_ENV = "GATO_DEBUG"  # GATO_DEBUG=1 prints tracebacks, as --debug does.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,6 +277,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.max_episode_steps", _positive, "> 0"),
     ("data.frame_size", _positive, "> 0"),
     ("data.frame_filter", lambda x: x in FRAME_FILTERS, " or ".join(map(repr, FRAME_FILTERS))),
+    ("data.frame_history", lambda x: isinstance(x, int) and 1 <= x <= MAX_FRAME_HISTORY, f"1 to {MAX_FRAME_HISTORY}"),
     ("data.prompt_prob", _probability, "a probability in [0, 1]"),
     ("data.prompt_end_fraction", _probability, "a probability in [0, 1]"),
     ("data.min_return_fraction", _probability, "in [0, 1]"),

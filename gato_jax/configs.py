@@ -171,6 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
     # pixel fades), "salient" keeps the one furthest from the background (every object at full contrast);
     # data_pipelines/tasks.py.
     c.data.frame_filter = "area"
+    # Frames per image [D]: 1 replicates the grayscale frame into the patch's three channels (Gato's one
+    # frame per timestep); 2-3 put the frames before it in the other channels, so a patch shows motion
+    # (`tokenizers.images.frame_history`). Read when tokenizing; stored datasets do not change.
+    c.data.frame_history = 1
     c.data.prompt_prob = 0.25  # Fraction of control sequences prefixed by a demonstration prompt [P].
     c.data.prompt_end_fraction = 0.5  # Of prompts, the fraction taken from an episode's end [P].
     c.data.min_return_fraction = 0.8  # Keep episodes with return >= this fraction of the expert's [P].

@@ -10,6 +10,7 @@ Array key: B = batch, T = tokens, V = vocabulary, A = action tokens.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import json
 import math
@@ -35,6 +36,8 @@ from gato_jax.rollout import agent as agent_lib
 from gato_jax.rollout import checkpoint_eval as eval_lib
 from gato_jax.rollout.agent import Agent, demonstration_prompts
 from gato_jax.rollout.envs import EnvBatch, run_episodes
+from gato_jax.tokenizers import episode as episode_lib
+from gato_jax.tokenizers import images as images_lib
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
@@ -368,6 +371,34 @@ def test_run_episodes_counts_seeded_episodes(loaded):
     assert all(1 <= e.length <= 6 for e in result.episodes)
     assert len(result.frames) == result.episodes[0].length + 1 and result.frames[0].shape == (160, 160, 3)
     assert [e.ret for e in results[1].episodes] == [e.ret for e in result.episodes]  # Greedy and seeded.
+
+
+def test_rollout_frames_carry_the_history_training_windows_show(loaded):
+    """With `frame_history` the agent's chunk at every step of a rollout holds the frames a training window
+    of the same episode holds there (`with_frame_history`), episodes restarting their history at reset."""
+    spec = dataclasses.replace(SPEC, frame_history=3)
+    agent = Agent(loaded.model, spec, LAYOUT, batch_size=B, cache_size=SEQ_LEN, temperature=1.0)
+    seen = []  # (frames of every row, reset flags, the image patches of the chunk) per act step.
+    observe = agent.observe
+
+    def spy(observations, reset_B):
+        chunk = observe(observations, reset_B)
+        seen.append(([o["frame"] for o in observations], np.asarray(reset_B), chunk.patches[:, chunk.modality[0] == 2]))
+        return chunk
+
+    agent.observe = spy
+    envs = EnvBatch(lambda seed: Corridor(max_steps=9), lambda a: int(a["move"]), spec, num_envs=B, num_episodes=4,
+                    max_steps=5, seed=4)
+    run_episodes(agent, envs, jax.random.key(1), progress=False)
+    for row in range(B):
+        starts = [i for i, (_, reset, _) in enumerate(seen) if reset[row]] + [len(seen)]
+        assert len(starts) >= 3  # At least two episodes in this row.
+        for lo, hi in zip(starts, starts[1:]):
+            frames = np.stack([seen[i][0][row] for i in range(lo, hi)])
+            steps = {"observation": {"frame": frames}, "action": {}}
+            expected = episode_lib.with_frame_history(spec, steps)["observation"]["frame"]
+            for i in range(lo, hi):
+                np.testing.assert_array_equal(seen[i][2][row], images_lib.patchify(expected[i - lo][None], 16)[0])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -153,6 +153,7 @@ class Agent:
         self.model = model
         self.graphdef, self.params = nnx.split(model)
         self.actions = action_tokens(spec, layout)
+        self.frame_history = episode_lib.FrameHistory(spec)
         continuous = temperature if continuous_temperature is None else continuous_temperature
         self.temperature_A = jnp.asarray(np.where(self.actions.modality_A == Modality.CONTINUOUS, continuous,
                                                   temperature), jnp.float32)
@@ -178,8 +179,13 @@ class Agent:
                              f"({self.max_prompt_tokens} tokens in whole timesteps); cut it.")
         return pin_prefix(_decode_jit(self.graphdef, self.params, cache, as_jax(prompt)))
 
-    def observe(self, observations: Sequence[Mapping]) -> TokenSequence:
-        """Host side: B observations -> the [B, t] chunk (observation tokens and the separator)."""
+    def observe(self, observations: Sequence[Mapping], reset_B: np.ndarray | None = None) -> TokenSequence:
+        """Host side: B observations -> the [B, t] chunk (observation tokens and the separator).
+
+        With `spec.frame_history` > 1 each row's frame carries its episode's last frames (`reset_B`, default
+        every row, marks rows whose episode starts with this observation), as training windows do."""
+        reset_B = np.ones(len(observations), bool) if reset_B is None else np.asarray(reset_B, bool)
+        observations = self.frame_history(list(observations), reset_B)
         rows = [episode_lib.observation_tokens(self.spec, self.layout, obs) for obs in observations]
         return seq_lib.stack(rows)
 
@@ -232,9 +238,10 @@ def demonstration(spec: TaskSpec, layout: VocabLayout, episode: Mapping, max_tok
     if n <= 0:
         raise ValueError(f"A prompt of {max_tokens} tokens holds no timestep of {spec.name!r} "
                          f"({spec.tokens_per_timestep} tokens); use a larger cache.")
-    total = _num_steps(steps)
-    window = {role: {k: np.asarray(v)[total - n:] for k, v in fields.items()} for role, fields in steps.items()}
-    seq = episode_lib.tokenize_episode(spec, layout, window)
+    start = _num_steps(steps) - n
+    lead = episode_lib.history_lead(spec, start)
+    window = {role: {k: np.asarray(v)[start - lead:] for k, v in fields.items()} for role, fields in steps.items()}
+    seq = episode_lib.tokenize_episode(spec, layout, episode_lib.with_frame_history(spec, window, lead))
     return seq._replace(loss_mask=np.zeros_like(seq.loss_mask))
 
 

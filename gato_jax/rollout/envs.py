@@ -174,7 +174,7 @@ def acting_steps(agent: Agent, envs: EnvBatch, key: jax.Array, prompt=None) -> I
     observations, reset_B = envs.reset()
     while not envs.done:
         key, act_key = jax.random.split(key)
-        obs = agent.observe(observations)
+        obs = agent.observe(observations, reset_B)
         state, out = agent.act(state, obs, reset_B, act_key)
         before = len(envs.finished)
         observations, reset_B, transition = envs.step(agent.decode_actions(out.action_ids_BxA))

@@ -23,6 +23,7 @@ copies regardless of N. Unknown keys in the observation / action dicts are ignor
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ from gato_jax.tokenizers import images as images_lib
 from gato_jax.tokenizers import values as values_lib
 from gato_jax.tokenizers.sequence import (
     ACTION_LOCAL_POS,
+    IMAGE_CHANNELS,
     MAX_LOCAL_POSITIONS,
     NO_LOCAL_POS,
     Modality,
@@ -178,12 +180,71 @@ def _assemble(blocks: list[_Block], n_obs_blocks: int, n: int, patch_size: int) 
 
 def _tokenize(spec: TaskSpec, layout: VocabLayout, observation: Mapping, action: Mapping | None,
               n: int) -> TokenSequence:
-    blocks = _blocks(spec.ordered_observation(), observation, "Observation", layout, n, spec.patch_size)
+    fields = [_as_stacked(f, spec) for f in spec.ordered_observation()]
+    blocks = _blocks(fields, observation, "Observation", layout, n, spec.patch_size)
     n_obs_blocks = len(blocks)
     blocks.append(_Block(np.full((n, 1), layout.separator_id, np.int32), Modality.SEPARATOR))
     if action is not None:
         blocks += _blocks(spec.ordered_action(), action, "Action", layout, n, spec.patch_size)
     return _assemble(blocks, n_obs_blocks, n, spec.patch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frame history.
+
+
+def _stacks_history(field: FieldSpec, spec: TaskSpec) -> bool:
+    return field.kind == FieldKind.IMAGE and field.shape[-1] == 1 and spec.frame_history > 1
+
+
+def _as_stacked(field: FieldSpec, spec: TaskSpec) -> FieldSpec:
+    """The field as the tokenizer takes it: a grayscale frame with history arrives stacked in the channels,
+    so a caller that forgot `with_frame_history` gets a shape error, not silently replicated frames."""
+    if not _stacks_history(field, spec):
+        return field
+    return dataclasses.replace(field, shape=(*field.shape[:2], IMAGE_CHANNELS))
+
+
+def with_frame_history(spec: TaskSpec, steps: Mapping, lead: int = 0) -> dict:
+    """Stored steps (the `tokenize_episode` layout) with each grayscale frame's history in its channels
+    (`images.frame_history`, `spec.frame_history` frames); the first `lead` steps only feed that history
+    and are dropped from every field. Identity (but for `lead`) when `spec.frame_history` is 1."""
+    stacked = {f.name for f in spec.observation if _stacks_history(f, spec)}
+    observation = {k: (images_lib.frame_history(v, spec.frame_history, lead) if k in stacked
+                       else np.asarray(v)[lead:]) for k, v in steps["observation"].items()}
+    return {"observation": observation, "action": {k: np.asarray(v)[lead:] for k, v in steps["action"].items()}}
+
+
+def history_lead(spec: TaskSpec, start: int) -> int:
+    """Steps before `start` (an index into an episode) that a window's first frame history reads."""
+    return min(start, spec.frame_history - 1)
+
+
+class FrameHistory:
+    """A rollout's frame history, row by row: the last `spec.frame_history` frames of each row's episode,
+    stacked as `with_frame_history` stacks stored episodes (a new episode starts from its first frame)."""
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.fields = [f.name for f in spec.observation if _stacks_history(f, spec)]
+        self.recent: dict[str, list[np.ndarray]] = {}  # Field -> per row [history, H, W, 1].
+
+    def __call__(self, observations: list[Mapping], reset_B) -> list[dict]:
+        """The rows' observations with stacked frames; `reset_B` marks rows whose episode starts here."""
+        if not self.fields:
+            return [dict(obs) for obs in observations]
+        out = [dict(obs) for obs in observations]
+        for name in self.fields:
+            rows = self.recent.setdefault(name, [None] * len(observations))
+            for i, obs in enumerate(observations):
+                frame = np.asarray(obs[name])[None]
+                if reset_B[i] or rows[i] is None:
+                    rows[i] = np.repeat(frame, self.spec.frame_history, axis=0)
+                else:
+                    rows[i] = np.concatenate([rows[i][1:], frame])
+                history = self.spec.frame_history
+                out[i][name] = images_lib.frame_history(rows[i], history, lead=history - 1)[0]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -59,6 +59,27 @@ def to_image_channels(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, IMAGE_CHANNELS, axis=-1)
 
 
+def frame_history(frames_NxHxWx1: np.ndarray, history: int, lead: int = 0) -> np.ndarray:
+    """Consecutive grayscale frames -> uint8 [N - lead, H, W, IMAGE_CHANNELS] with motion in the channels.
+
+    Channel c of step i is frame i - min(c, history - 1): the current frame, then the ones before it, the
+    oldest repeated to fill the channels (history 1 is plain replication). Before the first frame given
+    the first one stands in, so a window starting an episode repeats its first frame, as a rollout does
+    at reset. `lead` frames in front only feed the history of the steps after them and are dropped. Why:
+    one frame shows where things are but not where they go (the experts read velocities), and a
+    patch that holds both asks no cross-timestep attention of the model to see a ball's direction.
+    """
+    frames = np.asarray(frames_NxHxWx1)
+    if frames.ndim != 4 or frames.shape[-1] != 1:
+        raise ValueError(f"frame_history stacks grayscale frames [N, H, W, 1], got shape {frames.shape}.")
+    if not 1 <= history <= IMAGE_CHANNELS:
+        raise ValueError(f"frame_history={history} must be 1 to {IMAGE_CHANNELS} (one frame per channel).")
+    steps_N = np.arange(lead, frames.shape[0])
+    back_C = np.minimum(np.arange(IMAGE_CHANNELS), history - 1)
+    index_NxC = np.maximum(steps_N[:, None] - back_C[None, :], 0)
+    return np.moveaxis(frames[index_NxC, ..., 0], 1, -1)
+
+
 def image_to_patches(image, patch_size: int = 16) -> np.ndarray:
     """uint8 image [H, W, C] -> float32 [N, P*P*C]: pixels in [-1, 1] divided by sqrt(patch_size)."""
     image = check_images(image, patch_size)

@@ -10,6 +10,8 @@ import dataclasses
 import enum
 import json
 
+MAX_FRAME_HISTORY = 3  # One frame per image channel (sequence.IMAGE_CHANNELS).
+
 
 class FieldKind(str, enum.Enum):
     TEXT = "text"
@@ -69,6 +71,10 @@ class TaskSpec:
     observation: tuple[FieldSpec, ...]
     action: tuple[FieldSpec, ...]
     patch_size: int = 16
+    # Grayscale frames fill the patch's IMAGE_CHANNELS with this many consecutive frames (1 replicates the
+    # current one; `tokenizers.images.frame_history`). Like `patch_size`, how this pipeline reads stored
+    # frames, not a property of them, so it is not compared with a dataset's spec.
+    frame_history: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "observation", tuple(self.observation))
@@ -78,6 +84,9 @@ class TaskSpec:
         for field in self.action:
             if field.kind not in (FieldKind.DISCRETE, FieldKind.CONTINUOUS):
                 raise ValueError(f"Action field {field.name!r} of {self.name!r} must be discrete or continuous.")
+        if not 1 <= self.frame_history <= MAX_FRAME_HISTORY:
+            raise ValueError(f"Task {self.name!r}: frame_history={self.frame_history} must be 1 to "
+                             f"{MAX_FRAME_HISTORY} (one frame per image channel); set config.data.frame_history.")
         for field in self.observation:
             if field.kind == FieldKind.IMAGE and any(d % self.patch_size for d in field.shape[:2]):
                 raise ValueError(
@@ -115,11 +124,16 @@ class TaskSpec:
         return self.observation_tokens + 1 + self.action_tokens
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """JSON of every field; `frame_history` only when not 1, so specs (and the caches and datasets keyed
+        by them) written before it existed read the same."""
+        raw = dataclasses.asdict(self)
+        if self.frame_history == 1:
+            del raw["frame_history"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TaskSpec:
         raw = json.loads(text)
         fields = lambda items: tuple(FieldSpec(**{**f, "shape": tuple(f["shape"])}) for f in items)
         return cls(name=raw["name"], observation=fields(raw["observation"]), action=fields(raw["action"]),
-                   patch_size=raw["patch_size"])
+                   patch_size=raw["patch_size"], frame_history=raw.get("frame_history", 1))
