@@ -5,6 +5,7 @@ timestep in a window says where it came from: windows, prompts and mixing are ch
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import types
@@ -429,7 +430,8 @@ def prepared(tmp_path, tokenizer, monkeypatch):
         return {"task_spec": stored["spec"], "splits": stored["splits"]}
 
     fakes = {
-        "tasks": types.SimpleNamespace(task_spec=lambda name, frame_size=80, patch_size=16: make_spec()),
+        "tasks": types.SimpleNamespace(task_spec=lambda name, frame_size=80, patch_size=16, frame_history=1:
+                                       dataclasses.replace(make_spec(), frame_history=frame_history)),
         "episodes": types.SimpleNamespace(load_metadata=load_metadata,
                                           load_episodes=lambda data_dir, name, split="train": splits[split]),
         "captions": types.SimpleNamespace(load_captions=lambda data_dir, split: captions_data(10, len(split)),
@@ -459,6 +461,17 @@ def test_build_train_data(prepared, tokenizer, tmp_path):
     assert info["dataset_dirs"]["fake_task"] == str(tmp_path)
     assert (tmp_path / "fake_task" / "flat_train" / "manifest.json").exists()
     assert (tmp_path / "fake_task" / "flat_test" / "manifest.json").exists()
+
+
+def test_frame_history_reaches_the_task_specs_the_windows_are_cut_with(prepared):
+    """`config.data.frame_history` is read into each task's spec, which its sources tokenize (and
+    checkpoints store) with; the dataset recorded without it still passes the spec check."""
+    config, _ = prepared
+    config.data.frame_history = 3
+    data = build(config)
+    assert data.task_specs["fake_task"].frame_history == 3
+    batch = next(data.train_iter)
+    assert_dtypes(batch, batch.tokens.shape[:1] + (SEQ_LEN,))
 
 
 def test_vocab_size_mismatch_names_the_fix(prepared, tokenizer):

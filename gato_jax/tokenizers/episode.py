@@ -17,6 +17,10 @@ on text tokens plus the final `<eos>` in text and caption sequences.
 Observation TEXT fields hold already-tokenized, already-padded int ids of shape (max_tokens,): tokenizing
 text is the data pipeline's job (it owns the TextTokenizer), this module only lays ids out.
 
+With `spec.frame_history` > 1 a grayscale frame arrives with the frames before it stacked in its channels
+(`with_frame_history` for stored steps, `FrameHistory` for a rollout's observations); an unstacked frame
+is refused by its shape.
+
 Episodes are tokenized field by field over all N steps at once: per-timestep metadata (modality, local
 position, patch position, loss) is built once for a [T_step] template and tiled, so cost is a few array
 copies regardless of N. Unknown keys in the observation / action dicts are ignored (datasets carry extras).
@@ -229,20 +233,18 @@ class FrameHistory:
         self.fields = [f.name for f in spec.observation if _stacks_history(f, spec)]
         self.recent: dict[str, list[np.ndarray]] = {}  # Field -> per row [history, H, W, 1].
 
-    def __call__(self, observations: list[Mapping], reset_B) -> list[dict]:
+    def __call__(self, observations: list[Mapping], reset_B: np.ndarray) -> list[dict]:
         """The rows' observations with stacked frames; `reset_B` marks rows whose episode starts here."""
-        if not self.fields:
-            return [dict(obs) for obs in observations]
         out = [dict(obs) for obs in observations]
+        history = self.spec.frame_history
         for name in self.fields:
             rows = self.recent.setdefault(name, [None] * len(observations))
             for i, obs in enumerate(observations):
                 frame = np.asarray(obs[name])[None]
                 if reset_B[i] or rows[i] is None:
-                    rows[i] = np.repeat(frame, self.spec.frame_history, axis=0)
+                    rows[i] = np.repeat(frame, history, axis=0)
                 else:
                     rows[i] = np.concatenate([rows[i][1:], frame])
-                history = self.spec.frame_history
                 out[i][name] = images_lib.frame_history(rows[i], history, lead=history - 1)[0]
         return out
 
