@@ -209,11 +209,13 @@ def _as_stacked(field: FieldSpec, spec: TaskSpec) -> FieldSpec:
     return dataclasses.replace(field, shape=(*field.shape[:2], IMAGE_CHANNELS))
 
 
-def with_frame_history(spec: TaskSpec, steps: Mapping, lead: int = 0) -> dict:
+def with_frame_history(spec: TaskSpec, steps: Mapping, lead: int = 0) -> Mapping:
     """Stored steps (the `tokenize_episode` layout) with each grayscale frame's history in its channels
     (`images.frame_history`, `spec.frame_history` frames); the first `lead` steps only feed that history
     and are dropped from every field. Identity (but for `lead`) when `spec.frame_history` is 1."""
     stacked = {f.name for f in spec.observation if _stacks_history(f, spec)}
+    if not stacked and not lead:
+        return steps
     observation = {k: (images_lib.frame_history(v, spec.frame_history, lead) if k in stacked
                        else np.asarray(v)[lead:]) for k, v in steps["observation"].items()}
     return {"observation": observation, "action": {k: np.asarray(v)[lead:] for k, v in steps["action"].items()}}
@@ -233,8 +235,11 @@ class FrameHistory:
         self.fields = [f.name for f in spec.observation if _stacks_history(f, spec)]
         self.recent: dict[str, list[np.ndarray]] = {}  # Field -> per row [history, H, W, 1].
 
-    def __call__(self, observations: list[Mapping], reset_B: np.ndarray) -> list[dict]:
-        """The rows' observations with stacked frames; `reset_B` marks rows whose episode starts here."""
+    def __call__(self, observations: list[Mapping], reset_B: np.ndarray) -> list[Mapping]:
+        """The rows' observations with stacked frames; `reset_B` marks rows whose episode starts here.
+        Without history they pass through untouched (this runs at every env step)."""
+        if not self.fields:
+            return observations
         out = [dict(obs) for obs in observations]
         history = self.spec.frame_history
         for name in self.fields:
