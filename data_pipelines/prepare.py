@@ -58,8 +58,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     timesteps of every control task (with room for a prompt): UsageError naming the fix otherwise."""
     cli.check_config(config, known_sources())
     for name in control_tasks(config):
-        spec = tasks.task_spec(name, frame_size=config.data.frame_size, patch_size=config.model.patch_size,
-                               frame_history=config.data.get("frame_history", 1))
+        spec = tasks.task_spec_for(config, name)
         if config.seq_len < 2 * spec.tokens_per_timestep:
             raise UsageError(f"config.seq_len={config.seq_len} holds fewer than two timesteps of {name} "
                              f"({spec.tokens_per_timestep} tokens each); set --config.seq_len to at least "

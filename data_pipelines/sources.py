@@ -242,10 +242,9 @@ class ControlSource:
         return self._tokenize(self.episodes, episode, start, stop)
 
     def _tokenize(self, episodes: FlatEpisodes, episode: int, start: int, stop: int) -> TokenSequence:
-        """Steps start:stop of one episode; frame histories read the steps before `start` too."""
-        lead = episode_lib.history_lead(self.spec, start)
-        steps = episode_lib.with_frame_history(self.spec, episodes.steps(episode, start - lead, stop), lead)
-        return episode_lib.tokenize_episode(self.spec, self.layout, steps)
+        """Steps start:stop of one episode (frame histories read the steps before `start` too)."""
+        read = lambda lo, hi: episodes.steps(episode, lo, hi)
+        return episode_lib.tokenize_window(self.spec, self.layout, read, start, stop)
 
 
 class SourceMix:

@@ -305,8 +305,7 @@ def _control_sources(config, dirs: Mapping[str, Path], layout: VocabLayout,
     (`with_onpolicy`); its held-out windows stay the expert's test split."""
     specs, metas = {}, {}
     for name in prepare.control_tasks(config):
-        specs[name] = tasks.task_spec(name, frame_size=config.data.frame_size, patch_size=config.model.patch_size,
-                                      frame_history=config.data.get("frame_history", 1))
+        specs[name] = tasks.task_spec_for(config, name)
         root = dirs[name]
         where = Path(root) / name
         try:

@@ -109,6 +109,12 @@ def task_spec(name: str, frame_size: int = 80, patch_size: int = 16, frame_histo
     return TaskSpec(name=name, observation=observation, action=action, patch_size=patch_size, frame_history=history)
 
 
+def task_spec_for(config, name: str) -> TaskSpec:
+    """`task_spec` with the experiment config's frame size, patch size and frame history."""
+    return task_spec(name, frame_size=config.data.frame_size, patch_size=config.model.patch_size,
+                     frame_history=config.data.frame_history)
+
+
 def episode_limit(name: str, max_steps: int) -> int:
     """Steps after which an episode is truncated: the cap, or the env's own limit when shorter."""
     native = get_task(name).native_max_steps

@@ -26,7 +26,7 @@ from absl import flags
 from flax import nnx
 
 from data_pipelines import prepare, stream
-from data_pipelines.tasks import task_spec
+from data_pipelines.tasks import task_spec_for
 from gato_jax import cli
 from gato_jax import sharding as sharding_lib
 from gato_jax.errors import UsageError
@@ -225,8 +225,7 @@ def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int |
 
     layout = VocabLayout.from_config(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
-    spec = task_spec(task, frame_size=config.data.frame_size, patch_size=config.model.patch_size,
-                     frame_history=config.data.get("frame_history", 1))
+    spec = task_spec_for(config, task)
     loaded = Loaded(model, config, layout, {task: spec}, None, 0, {})
     # Environments only: no dataset is read.
     hooks = task_hooks({}, int(config.data.frame_size), str(config.data.frame_filter))

@@ -430,8 +430,8 @@ def prepared(tmp_path, tokenizer, monkeypatch):
         return {"task_spec": stored["spec"], "splits": stored["splits"]}
 
     fakes = {
-        "tasks": types.SimpleNamespace(task_spec=lambda name, frame_size=80, patch_size=16, frame_history=1:
-                                       dataclasses.replace(make_spec(), frame_history=frame_history)),
+        "tasks": types.SimpleNamespace(task_spec_for=lambda config, name:
+                                       dataclasses.replace(make_spec(), frame_history=config.data.frame_history)),
         "episodes": types.SimpleNamespace(load_metadata=load_metadata,
                                           load_episodes=lambda data_dir, name, split="train": splits[split]),
         "captions": types.SimpleNamespace(load_captions=lambda data_dir, split: captions_data(10, len(split)),

@@ -238,10 +238,9 @@ def demonstration(spec: TaskSpec, layout: VocabLayout, episode: Mapping, max_tok
     if n <= 0:
         raise ValueError(f"A prompt of {max_tokens} tokens holds no timestep of {spec.name!r} "
                          f"({spec.tokens_per_timestep} tokens); use a larger cache.")
-    start = _num_steps(steps) - n
-    lead = episode_lib.history_lead(spec, start)
-    window = {role: {k: np.asarray(v)[start - lead:] for k, v in fields.items()} for role, fields in steps.items()}
-    seq = episode_lib.tokenize_episode(spec, layout, episode_lib.with_frame_history(spec, window, lead))
+    read = lambda lo, hi: {role: {k: np.asarray(v)[lo:hi] for k, v in fields.items()} for role, fields in steps.items()}
+    total = _num_steps(steps)
+    seq = episode_lib.tokenize_window(spec, layout, read, total - n, total)
     return seq._replace(loss_mask=np.zeros_like(seq.loss_mask))
 
 

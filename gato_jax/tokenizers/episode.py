@@ -28,7 +28,7 @@ copies regardless of N. Unknown keys in the observation / action dicts are ignor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -221,9 +221,13 @@ def with_frame_history(spec: TaskSpec, steps: Mapping, lead: int = 0) -> Mapping
     return {"observation": observation, "action": {k: np.asarray(v)[lead:] for k, v in steps["action"].items()}}
 
 
-def history_lead(spec: TaskSpec, start: int) -> int:
-    """Steps before `start` (an index into an episode) that a window's first frame history reads."""
-    return min(start, spec.frame_history - 1)
+def tokenize_window(spec: TaskSpec, layout: VocabLayout, read_steps: Callable[[int, int], Mapping], start: int,
+                    stop: int) -> TokenSequence:
+    """Steps start:stop of one episode, tokenized; `read_steps(lo, hi)` returns steps lo:hi in the
+    `tokenize_episode` layout. Frame histories read up to `spec.frame_history - 1` steps before `start`
+    (never before the episode's first), so every cut of an episode shows the frames a rollout would."""
+    lead = min(start, spec.frame_history - 1)
+    return tokenize_episode(spec, layout, with_frame_history(spec, read_steps(start - lead, stop), lead))
 
 
 class FrameHistory:
