@@ -34,6 +34,7 @@ from gato_jax.evaluate import task_hooks
 from gato_jax.load import Loaded
 from gato_jax.model import Gato
 from gato_jax.rollout.acting_speed import measure_acting
+from gato_jax.tokenizers.images import patch_intervals
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence, patch_dim_for
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop
@@ -65,16 +66,20 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def atari_like_batch(layout: VocabLayout, batch: int, seq_len: int, patch_size: int, seed: int = 0) -> TokenSequence:
-    """Random tokens laid out like Atari timesteps (25 patches, separator, one action)."""
+def atari_like_batch(layout: VocabLayout, batch: int, seq_len: int, patch_size: int, seed: int = 0,
+                     frame_size: int = 80) -> TokenSequence:
+    """Random tokens laid out like Atari timesteps: a frame_size-pixel frame's patches, separator, one action
+    (80 px in 16-px patches: 25 patches, 27 tokens a timestep)."""
     rng = np.random.default_rng(seed)
-    step = np.array([Modality.IMAGE] * 25 + [Modality.SEPARATOR, Modality.DISCRETE])
+    n = (frame_size // patch_size) ** 2
+    step = np.array([Modality.IMAGE] * n + [Modality.SEPARATOR, Modality.DISCRETE])
     modality = np.resize(step, (batch, seq_len)).astype(np.int32)
     tokens = np.where(modality == Modality.DISCRETE, layout.discrete_offset + rng.integers(0, 18, modality.shape),
                       np.where(modality == Modality.SEPARATOR, layout.separator_id, layout.special_id("<image>")))
-    local_pos = np.resize(np.r_[np.arange(25), -1, ACTION_LOCAL_POS], (batch, seq_len)).astype(np.int32)
-    patch_pos = np.resize(np.array([[r * 25, r * 25 + 26, c * 25, c * 25 + 26] for r in range(5) for c in range(5)]
-                                   + [[0, 0, 0, 0]] * 2), (batch, seq_len, 4)).astype(np.int32)
+    local_pos = np.resize(np.r_[np.arange(n), -1, ACTION_LOCAL_POS], (batch, seq_len)).astype(np.int32)
+    intervals = patch_intervals(frame_size, frame_size, patch_size)
+    patch_pos = np.resize(np.concatenate([intervals, np.zeros((2, 4), intervals.dtype)]),
+                          (batch, seq_len, 4)).astype(np.int32)
     return TokenSequence(
         tokens=tokens.astype(np.int32), modality=modality, local_pos=local_pos,
         patches=rng.integers(0, 256, (batch, seq_len, patch_dim_for(patch_size)), dtype=np.uint8),
@@ -94,17 +99,21 @@ def text_rows(layout: VocabLayout, rows: int, seq_len: int, patch_size: int, see
         loss_mask=np.arange(seq_len)[None, :].repeat(rows, 0) > 0)
 
 
-def caption_rows(layout: VocabLayout, rows: int, seq_len: int, patch_size: int, seed: int = 2) -> TokenSequence:
-    """Packed captions of 32x32 images: <image> 4 patches </image> <bos> 10 caption tokens <eos>."""
+def caption_rows(layout: VocabLayout, rows: int, seq_len: int, patch_size: int, seed: int = 2,
+                 image_size: int = 32) -> TokenSequence:
+    """Packed captions: <image> patches </image> <bos> 10 caption tokens <eos> (32x32 images in 16-px
+    patches: 4 patches)."""
     rng = np.random.default_rng(seed)
+    n = (image_size // patch_size) ** 2
     special = [Modality.SPECIAL]
-    example = np.array(special + [Modality.IMAGE] * 4 + special * 2 + [Modality.TEXT] * 10 + special)
+    example = np.array(special + [Modality.IMAGE] * n + special * 2 + [Modality.TEXT] * 10 + special)
     modality = np.resize(example, (rows, seq_len)).astype(np.int32)
-    ids = np.array([layout.special_id("<image>")] * 5 + [layout.special_id("</image>"), layout.special_id("<bos>")]
+    ids = np.array([layout.special_id("<image>")] * (n + 1) + [layout.special_id("</image>"),
+                                                             layout.special_id("<bos>")]
                    + [0] * 10 + [layout.special_id("<eos>")])
     tokens = np.resize(ids, (rows, seq_len))
     tokens = np.where(modality == Modality.TEXT, rng.integers(0, layout.text_size, (rows, seq_len)), tokens)
-    target = np.resize(np.r_[np.zeros(7, bool), np.ones(11, bool)], (rows, seq_len))
+    target = np.resize(np.r_[np.zeros(n + 3, bool), np.ones(11, bool)], (rows, seq_len))
     segment = np.resize(np.repeat(np.arange(1, seq_len // len(example) + 2), len(example)), (rows, seq_len))
     seq = atari_like_batch(layout, rows, seq_len, patch_size, seed)
     return seq._replace(
@@ -126,8 +135,9 @@ def mixture_batch(config, layout: VocabLayout) -> TokenSequence:
     for k in sorted(exact, key=lambda k: rows[k] - exact[k])[: b - sum(rows.values())]:
         rows[k] += 1
     t, p = config.seq_len, config.model.patch_size
-    parts = [atari_like_batch(layout, rows["atari"], t, p), text_rows(layout, rows["text"], t, p),
-             caption_rows(layout, rows["captions"], t, p)]
+    parts = [atari_like_batch(layout, rows["atari"], t, p, frame_size=config.data.frame_size),
+             text_rows(layout, rows["text"], t, p),
+             caption_rows(layout, rows["captions"], t, p, image_size=config.data.caption_image_size)]
     return TokenSequence(*(np.concatenate(fields) for fields in zip(*parts)))
 
 
@@ -183,7 +193,8 @@ def bench_decode(config, repeats: int, context: int = 1024) -> dict:
     """Per-token time with the KV cache over full recomputation, at a `context`-token history."""
     layout = VocabLayout.from_config(config)
     model = Gato(config.model, layout.padded_size, rngs=nnx.Rngs(0))
-    seq = jax.tree.map(jnp.asarray, atari_like_batch(layout, 1, context, config.model.patch_size))
+    seq = jax.tree.map(jnp.asarray, atari_like_batch(layout, 1, context, config.model.patch_size,
+                                                        frame_size=config.data.frame_size))
     graphdef, state = nnx.split(model)
     full = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[:, -1])
     prefix = TokenSequence(*(f[:, : context - 1] for f in seq))
@@ -233,7 +244,8 @@ def bench_acting(config, repeats: int, task: str = "atari_pong", num_envs: int |
               for i in range(max(1, repeats // 2))]
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-    batch = jax.tree.map(jnp.asarray, atari_like_batch(layout, num_envs, config.seq_len, config.model.patch_size))
+    batch = jax.tree.map(jnp.asarray, atari_like_batch(layout, num_envs, config.seq_len, config.model.patch_size,
+                                                          frame_size=config.data.frame_size))
     t_forward = median_time(lambda: forward(state, batch).block_until_ready(), repeats)
     forward_tokens_per_s = num_envs * config.seq_len / t_forward
     acting_tokens = statistics.median(s.tokens_per_s for s in speeds)

@@ -277,7 +277,9 @@ def cpu_experiment_config() -> ml_collections.ConfigDict:
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:
     """Shrinks model, data and steps so the whole path (data, train, eval) runs in minutes on 2 cores."""
-    c.model = model_config("tiny")
+    # Only the sizes shrink: the experiment's patching, attention and image encoder stay, so the smoke
+    # run exercises the same architecture and token layout as the full one.
+    c.model.update({"preset": "tiny", **MODEL_PRESETS["tiny"]})
     c.seq_len, c.batch_size, c.num_train_steps = 128, 8, 20
     c.checkpoint_every = c.eval_every = 10
     c.eval_batches = 1

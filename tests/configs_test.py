@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import jax
+import ml_collections
 import pytest
 
 from data_pipelines import prepare
@@ -55,3 +56,17 @@ def test_unknown_config_argument_is_a_clear_error():
 def test_unknown_experiment_names_the_choices():
     with pytest.raises(cli.UsageError, match="unknown experiment 'nope'.*'atari_mix'"):
         cli.load_experiment("experiments/nope.py")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_smoke_shrinks_sizes_and_keeps_the_architecture(path):
+    """A smoke run is the experiment's model made tiny: same patching, attention and image encoder, so
+    `make train EXP=NAME:smoke` exercises the token layout the full run trains on."""
+    from gato_jax.configs import MODEL_PRESETS
+
+    full, smoke = load(path, None), load(path, "smoke")
+    assert {k: smoke.model[k] for k in MODEL_PRESETS["tiny"]} == MODEL_PRESETS["tiny"]
+    # Sub-models (model.prismer) choose their own smoke sizes; every other field stays the experiment's.
+    sizes = set(MODEL_PRESETS["tiny"]) | {"preset"}
+    kept = lambda m: {k: v for k, v in m.items() if k not in sizes and not isinstance(v, ml_collections.ConfigDict)}
+    assert kept(smoke.model) == kept(full.model)
