@@ -115,11 +115,13 @@ def caption_rows(layout: VocabLayout, rows: int, seq_len: int, patch_size: int, 
     tokens = np.where(modality == Modality.TEXT, rng.integers(0, layout.text_size, (rows, seq_len)), tokens)
     target = np.resize(np.r_[np.zeros(n + 3, bool), np.ones(11, bool)], (rows, seq_len))
     segment = np.resize(np.repeat(np.arange(1, seq_len // len(example) + 2), len(example)), (rows, seq_len))
+    example_pos = np.zeros((len(example), 4), np.int32)
+    example_pos[1:n + 1] = patch_intervals(image_size, image_size, patch_size)
     seq = atari_like_batch(layout, rows, seq_len, patch_size, seed)
     return seq._replace(
         tokens=tokens.astype(np.int32), modality=modality, local_pos=np.full((rows, seq_len), -1, np.int32),
         patches=np.where((modality == Modality.IMAGE)[..., None], seq.patches, 0).astype(np.uint8),
-        patch_pos=np.where((modality == Modality.IMAGE)[..., None], seq.patch_pos % 64 * 2, 0).astype(np.int32),
+        patch_pos=np.resize(example_pos, (rows, seq_len, 4)),
         loss_mask=target, segment_ids=segment.astype(np.int32))
 
 

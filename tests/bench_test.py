@@ -29,5 +29,7 @@ def test_caption_rows_follow_the_image_size():
     for image, patch, n in ((32, 16, 4), (80, 40, 4), (48, 16, 9)):
         seq = bench.caption_rows(layout, 1, n + 14, patch, image_size=image)
         assert (seq.modality[0] == Modality.IMAGE).sum() == n
+        np.testing.assert_array_equal(seq.patch_pos[0, 1:n + 1], patch_intervals(image, image, patch))
+        assert not seq.patch_pos[0, n + 1:].any()
         # Targets: the 10 caption tokens and <eos>, never the image or its markers.
         np.testing.assert_array_equal(seq.loss_mask[0], np.r_[np.zeros(n + 3, bool), np.ones(11, bool)])

@@ -12,6 +12,7 @@ import pytest
 from data_pipelines import prepare
 from gato_jax import cli
 from gato_jax import sharding as sharding_lib
+from gato_jax.configs import MODEL_PRESETS
 from gato_jax.model import count_params
 from gato_jax.model.cost import matmul_params
 from gato_jax.tokenizers.vocab import VocabLayout
@@ -62,8 +63,6 @@ def test_unknown_experiment_names_the_choices():
 def test_smoke_shrinks_sizes_and_keeps_the_architecture(path):
     """A smoke run is the experiment's model made tiny: same patching, attention and image encoder, so
     `make train EXP=NAME:smoke` exercises the token layout the full run trains on."""
-    from gato_jax.configs import MODEL_PRESETS
-
     full, smoke = load(path, None), load(path, "smoke")
     assert {k: smoke.model[k] for k in MODEL_PRESETS["tiny"]} == MODEL_PRESETS["tiny"]
     # Sub-models (model.prismer) choose their own smoke sizes; every other field stays the experiment's.
