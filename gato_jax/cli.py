@@ -39,6 +39,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS_DIR = os.path.join(REPO_ROOT, "experiments")
 MAX_LINE = 400  # Characters of a library's message kept in the one line.
 
+# `make eval` episode seeds stay below dagger.ROUND_SEED (1,000,000), where DAgger rounds' episodes start, so
+# no evaluated episode is one trained on (with config.seed below 500,000).
+MAX_EVAL_SEED_OFFSET = 500_000
+
 
 def one_line(text: object, limit: int = MAX_LINE) -> str:
     """Whitespace (newlines included) collapsed to single spaces, cut at `limit` characters."""
@@ -303,6 +307,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.num_envs", _positive, "> 0"),
     ("eval.max_steps", _positive, "> 0"),
     ("eval.sticky_actions", _probability, "a probability in [0, 1]"),
+    ("eval.seed_offset", lambda x: isinstance(x, int) and 0 <= x < MAX_EVAL_SEED_OFFSET,
+     f"0 to {MAX_EVAL_SEED_OFFSET - 1} (DAgger rounds' episodes use seeds from 1,000,000)"),
     ("eval.matched_error_episodes", _non_negative, ">= 0 (0 skips the expert-at-the-model's-error-rate reference)"),
     ("eval.temperature", _non_negative, ">= 0 (0 is greedy)"),
     ("eval.continuous_temperature", _non_negative, ">= 0 (0 is greedy)"),

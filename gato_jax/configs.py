@@ -235,6 +235,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_steps = 2000  # Episode step cap at evaluation.
     c.eval.sticky_actions = 0.25  # ALE v5 repeat-action probability at evaluation.
     c.eval.prompted = True  # Pin a demonstration prompt at the front of the context.
+    # Episode i resets with seed config.seed + seed_offset + i (sampling keys follow it). Another offset
+    # evaluates the same checkpoint on other episodes without touching config.seed, which also keys the data.
+    c.eval.seed_offset = 0
     c.eval.temperature = 1.0  # Sampling temperature of discrete actions (Atari: sampling beat greedy play).
     # Of continuous actions [D]: 0 takes each dimension's likeliest bin. Sampling 1024 bins at temperature 1
     # dropped the InvertedPendulum pole after 83 steps on average; greedy kept it up for all 1000 (README "Results").

@@ -37,7 +37,8 @@ from gato_jax.tokenizers.vocab import VocabLayout
 
 ROUNDS_DIR = "dagger"
 # Round episodes reset with ROUND_SEED + 1000 * step + index (config.dagger.episodes < 1000, so rounds never
-# share a seed) and `make eval`'s with config.seed + index: apart while config.seed < ROUND_SEED.
+# share a seed) and `make eval`'s with config.seed + config.eval.seed_offset + index: apart while that sum
+# stays under ROUND_SEED (cli caps the offset at 500,000).
 ROUND_SEED = 1_000_000
 _LOG = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from data_pipelines import episodes, experts, onpolicy, sources, stream, tasks
 from gato_jax import cli, dagger
 from gato_jax import main as train_lib
 from gato_jax.load import read_meta
+from gato_jax.rollout.checkpoint_eval import EvalSettings
 from gato_jax.tokenizers.vocab import VocabLayout
 
 TASK = "atari_breakout"
@@ -125,6 +126,17 @@ def test_round_steps_stops_and_tasks():
     config.dagger.tasks = ("atari_pong",)
     assert dagger.round_tasks(config) == ["atari_pong"]
     dagger.check(config, 1)
+
+
+def test_an_evaluation_seed_offset_moves_make_evals_episodes_and_not_the_rounds():
+    config = smoke_config()
+    before = EvalSettings.from_config(config).seed, dagger.round_settings(config, 5).seed
+    config.eval.seed_offset = cli.MAX_EVAL_SEED_OFFSET - 1
+    settings = EvalSettings.from_config(config)
+    assert settings.seed == config.seed + cli.MAX_EVAL_SEED_OFFSET - 1 != before[0]
+    assert dagger.round_settings(config, 5).seed == before[1]
+    last_evaluated = settings.seed + config.eval.episodes - 1
+    assert last_evaluated < dagger.ROUND_SEED  # Still apart from every round's episodes.
 
 
 def test_the_expert_co_drives_only_the_mixed_tasks_rounds():

@@ -56,6 +56,8 @@ CASES = [
      "config.data.prompt_prob = 1.5 is out of range: it must be a probability"),
     ("eval_probability_above_one", "eval", [*EVAL, "--config.eval.sticky_actions=2"], 2,
      "config.eval.sticky_actions = 2.0"),
+    ("eval_seed_offset_into_dagger_seeds", "eval", [*EVAL, "--config.eval.seed_offset=999999"], 2,
+     "config.eval.seed_offset = 999999 is out of range: it must be 0 to 499999"),
     ("seq_len_shorter_than_two_timesteps", "train", [*TRAIN, "--config.seq_len=11"], 2,
      "holds fewer than two timesteps of atari_boxing"),
     ("frame_not_in_patches", "data", [*SMOKE, "--config.data.frame_size=81"], 2, "not a multiple of"),

@@ -120,7 +120,8 @@ class EvalSettings(NamedTuple):
     def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
         e = config.eval
         return cls(int(e.episodes), int(e.num_envs), int(e.max_steps), float(e.sticky_actions), bool(e.prompted),
-                   float(e.temperature), int(config.seed), float(e.continuous_temperature),
+                   float(e.temperature), int(config.seed) + int(e.get("seed_offset", 0)),
+                   float(e.continuous_temperature),
                    int(e.get("matched_error_episodes", 0)))
 
 
