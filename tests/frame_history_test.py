@@ -80,6 +80,14 @@ def test_rollout_history_equals_the_training_windows():
             assert got[1]["frame"][0, 0].tolist() == ([200 + i] * 3 if i % 2 == 0 else [200 + i, 199 + i, 199 + i])
 
 
+def test_a_new_batch_of_envs_starts_its_own_history():
+    """The same agent acting on another number of envs (another `make eval` task batch) starts afresh."""
+    history = episode.FrameHistory(SPEC)
+    history([{"frame": numbered_frames(1, 5)[0]}] * 3, np.array([True] * 3))
+    got = history([{"frame": numbered_frames(1, 9)[0]}] * 2, np.array([False, False]))
+    assert [row["frame"][0, 0].tolist() for row in got] == [[9, 9, 9]] * 2
+
+
 def test_history_is_a_reading_choice_not_a_dataset_property():
     """Datasets and caches keyed by a spec's JSON keep their keys at history 1, and a dataset recorded
     without history serves a run with it (the spec check ignores it, as it ignores the patch size)."""

@@ -237,24 +237,28 @@ class FrameHistory:
     def __init__(self, spec: TaskSpec):
         self.spec = spec
         self.fields = [f.name for f in spec.observation if _stacks_history(f, spec)]
-        self.recent: dict[str, list[np.ndarray]] = {}  # Field -> per row [history, H, W, 1].
+        self.recent: dict[str, np.ndarray] = {}  # Field -> [B, history, H, W, 1], oldest first.
+        # Channel c shows the frame min(c, history - 1) steps back (`images.frame_history`).
+        self.channel_C = spec.frame_history - 1 - np.minimum(np.arange(IMAGE_CHANNELS), spec.frame_history - 1)
 
     def __call__(self, observations: list[Mapping], reset_B: np.ndarray) -> list[Mapping]:
         """The rows' observations with stacked frames; `reset_B` marks rows whose episode starts here.
-        Without history they pass through untouched (this runs at every env step)."""
+        Without history they pass through untouched. Runs at every env step, so all rows move at once."""
         if not self.fields:
             return observations
         out = [dict(obs) for obs in observations]
-        history = self.spec.frame_history
         for name in self.fields:
-            rows = self.recent.setdefault(name, [None] * len(observations))
-            for i, obs in enumerate(observations):
-                frame = np.asarray(obs[name])[None]
-                if reset_B[i] or rows[i] is None:
-                    rows[i] = np.repeat(frame, history, axis=0)
-                else:
-                    rows[i] = np.concatenate([rows[i][1:], frame])
-                out[i][name] = images_lib.frame_history(rows[i], history, lead=history - 1)[0]
+            frames_Bx1xHxWx1 = np.stack([np.asarray(obs[name]) for obs in observations])[:, None]
+            recent = self.recent.get(name)
+            if recent is None or len(recent) != len(observations):  # First call, or another batch of envs.
+                recent = np.repeat(frames_Bx1xHxWx1, self.spec.frame_history, axis=1)
+            else:
+                recent = np.concatenate([recent[:, 1:], frames_Bx1xHxWx1], axis=1)
+                recent[reset_B] = frames_Bx1xHxWx1[reset_B]
+            self.recent[name] = recent
+            stacked_BxHxWxC = np.moveaxis(recent[..., 0][:, self.channel_C], 1, -1)
+            for row, frame in zip(out, stacked_BxHxWxC):
+                row[name] = frame
         return out
 
 
