@@ -55,16 +55,20 @@ def has_round(root: str | os.PathLike, name: str) -> bool:
 
 
 def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Callable[[WrapEnv], Mapping[str, Any]],
-                 metadata: Mapping[str, Any], beta: float = 0.0) -> Path:
+                 metadata: Mapping[str, Any], beta: float = 0.0,
+                 model_first: tuple[Sequence[int], int] = ((), 0)) -> Path:
     """Runs `play(wrap)` (the entry point's rollout of the model, every env it makes passed through `wrap`)
     with the task's expert labelling every step, and writes the episodes as `<root>/<name>/1.0.0`.
 
     On a share `beta` of steps the expert's action is executed instead of the model's (`ExpertLabels`);
-    the metadata records beta and the share of steps that did. `play` returns a summary (returns,
+    the metadata records beta and the share of steps that did. `model_first` (labels, steps): where the
+    expert's label is one of these actions the mixing waits, up to that many steps in a row (the model
+    acts alone there); the metadata records both and the share of such steps. `play` returns a summary (returns,
     settings) that joins `metadata` in the dataset's metadata.json.
     """
     if name not in experts.expert_factories():
         raise ValueError(f"Task {name!r} has no expert to label its states; drop it from config.dagger.tasks.")
+    first_labels, first_steps = tuple(int(a) for a in model_first[0]), int(model_first[1])
     final = episodes.dataset_dir(root, name)
     with published.atomic_directory(final, replace=True) as tmp:
         sink = EpisodeSink(tmp / "_episodes")
@@ -73,7 +77,8 @@ def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Calla
 
         def wrap(env: gymnasium.Env) -> gymnasium.Env:
             wrapped.append(experts.ExpertLabels(env, experts.make_policy(name), sink, seed=next(seeds), beta=beta,
-                                                to_env=lambda label: tasks.action_to_env(name, label)))
+                                                to_env=lambda label: tasks.action_to_env(name, label),
+                                                player_first_labels=first_labels, player_first_steps=first_steps))
             return wrapped[-1]
 
         summary = dict(play(wrap))
@@ -83,6 +88,8 @@ def record_round(name: str, root: str | os.PathLike, spec: TaskSpec, play: Calla
         info = {**metadata, **summary, "task": name, "task_spec": spec.to_json(), "policies": {"recorded": POLICY},
                 "labels": "the expert's action for the state the model reached (DAgger)", "beta": beta,
                 "expert_executed_share": sum(w.expert_steps for w in wrapped) / max(1, sum(w.steps for w in wrapped)),
+                "model_first_labels": list(first_labels), "model_first_steps": first_steps,
+                "model_first_share": sum(w.player_first_taken for w in wrapped) / max(1, sum(w.steps for w in wrapped)),
                 "splits": {"train": len(sink.episodes)}, "steps": {"train": int(sum(lengths))},
                 "returns": [ep["return"] for ep in sink.episodes]}
         episodes.write_dataset(spec, tmp, {"train": sink.episodes}, info, progress=False,

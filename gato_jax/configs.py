@@ -228,6 +228,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.dagger.beta = 0.0
     c.dagger.mixed_tasks = ()
     c.dagger.tasks = ()
+    # The mixing waits where the expert's label (a discrete action) is one of `model_first_labels[task]`,
+    # for up to `model_first_steps` steps in a row, so the model acts alone there (experts.ExpertLabels:
+    # Breakout's serve, which the expert's half of the steps otherwise took before the model met it).
+    c.dagger.model_first_labels = ml_collections.ConfigDict()
+    c.dagger.model_first_steps = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = 50  # Rollouts per task [P].

@@ -64,6 +64,14 @@ def round_beta(config: ml_collections.ConfigDict, name: str) -> float:
     return float(config.dagger.get("beta", 0.0)) if not mixed or name in mixed else 0.0
 
 
+def round_model_first(config: ml_collections.ConfigDict, name: str) -> tuple[tuple[int, ...], int]:
+    """(labels, steps): where task `name`'s round mixing waits for the model (config.dagger.model_first_*);
+    ((), 0) when it never does."""
+    labels = tuple(int(a) for a in config.dagger.get("model_first_labels", {}).get(name, ()))
+    steps = int(config.dagger.get("model_first_steps", 0))
+    return (labels, steps) if labels and steps else ((), 0)
+
+
 def check(config: ml_collections.ConfigDict, process_count: int) -> None:
     """UsageError for rounds that cannot run: a task outside the mixture or without an expert, or several
     processes (a round is one process's rollout)."""
@@ -75,6 +83,14 @@ def check(config: ml_collections.ConfigDict, process_count: int) -> None:
         if bad:
             raise cli.UsageError(f"config.dagger.{field} names {bad}, not control tasks of the mixture with an "
                                  f"expert ({[n for n in controls if n in experts.expert_factories()]}); drop them.")
+    waits = list(config.dagger.get("model_first_labels", {}).keys())
+    bad = [n for n in waits if n not in round_tasks(config) or not n.startswith("atari_")]
+    if bad:
+        raise cli.UsageError(f"config.dagger.model_first_labels names {bad}, not Atari tasks of the rounds "
+                             f"({round_tasks(config)}); drop them.")
+    if int(config.dagger.get("model_first_steps", 0)) < 0:
+        raise cli.UsageError(f"config.dagger.model_first_steps={config.dagger.model_first_steps} counts steps; "
+                             "set it to 0 (the mixing never waits) or more.")
     if not round_tasks(config):
         raise cli.UsageError("config.dagger.steps is set but the mixture has no control task with an expert; "
                              "set --config.dagger.steps='()'.")
@@ -127,7 +143,15 @@ def check_round_beta(config: ml_collections.ConfigDict, root: Path) -> None:
     """UsageError when a finished round in `root` was collected with another beta than config gives it."""
     for name in round_tasks(config):
         if onpolicy.has_round(root, name):
-            had = float(episodes.load_metadata(root, name).get("beta", 0.0))
+            meta = episodes.load_metadata(root, name)
+            had_first = (tuple(meta.get("model_first_labels", ())), int(meta.get("model_first_steps", 0)))
+            if had_first != round_model_first(config, name):
+                raise cli.UsageError(f"The DAgger round {root / name} was collected with model_first labels and "
+                                     f"steps {had_first}, but this config gives {name} "
+                                     f"{round_model_first(config, name)}; resume with the config.dagger."
+                                     "model_first_labels and model_first_steps it was collected with, or use a "
+                                     "fresh --workdir.")
+            had = float(meta.get("beta", 0.0))
             if had != round_beta(config, name):
                 raise cli.UsageError(f"The DAgger round {root / name} was collected with beta {had}, but this "
                                      f"config gives {name} beta {round_beta(config, name)}; resume with the "
@@ -171,9 +195,10 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, di
 
         where = onpolicy.record_round(name, root, loaded.task_specs[name], play,
                                       {"round_step": step, "checkpoint": str(workdir), "settings": settings._asdict()},
-                                      beta=round_beta(config, name))
+                                      beta=round_beta(config, name), model_first=round_model_first(config, name))
         meta = episodes.load_metadata(root, name)
-        _LOG.info("DAgger round at step %d: %s, %d episodes (%d steps, the expert's action executed on %.2f), "
-                  "return %.1f (played by %s), in %s", step, name, meta["splits"]["train"], meta["steps"]["train"],
-                  meta["expert_executed_share"], meta["played_return"], meta["played_by"], where)
+        _LOG.info("DAgger round at step %d: %s, %d episodes (%d steps, the expert's action executed on %.2f, the "
+                  "model first on %.3f), return %.1f (played by %s), in %s", step, name, meta["splits"]["train"],
+                  meta["steps"]["train"], meta["expert_executed_share"], meta.get("model_first_share", 0.0),
+                  meta["played_return"], meta["played_by"], where)
     return root

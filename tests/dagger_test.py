@@ -155,12 +155,17 @@ def test_the_expert_co_drives_only_the_mixed_tasks_rounds():
     (dict(processes=2), "one process"),
     (dict(share=0.0), "draws nothing"),
     (dict(mixed=("captions",)), "mixed_tasks names \\['captions'\\], not control tasks"),
+    (dict(first={"captions": (1,)}), "model_first_labels names \\['captions'\\], not Atari tasks"),
+    (dict(tasks=("atari_pong",), first={"atari_breakout": (1,)}), "model_first_labels names \\['atari_breakout'\\]"),
+    (dict(first_steps=-1), "model_first_steps=-1 counts steps"),
 ])
 def test_rounds_that_cannot_run_are_refused_in_one_line(change, says):
     config = smoke_config()
     config.dagger.tasks = change.get("tasks", ())
     config.dagger.mixed_tasks = change.get("mixed", ())
     config.dagger.share = change.get("share", 0.5)
+    config.dagger.model_first_labels = ml_collections.ConfigDict(change.get("first", {"atari_breakout": (1,)}))
+    config.dagger.model_first_steps = change.get("first_steps", 8)
     with pytest.raises(cli.UsageError, match=says):
         dagger.check(config, change.get("processes", 1))
 
@@ -212,7 +217,10 @@ class FakeRun:
             where = episodes.dataset_dir(dagger.round_root(workdir, step), name)
             where.mkdir(parents=True)
             (where / "dataset_info.json").write_text("{}")
-            (where / "metadata.json").write_text(json.dumps({"beta": dagger.round_beta(config, name)}))
+            labels, steps = dagger.round_model_first(config, name)
+            (where / "metadata.json").write_text(json.dumps({"beta": dagger.round_beta(config, name),
+                                                             "model_first_labels": labels,
+                                                             "model_first_steps": steps}))
 
     def build(self, config, process_index, process_count, dirs, onpolicy_roots=()):
         return [Path(r).name for r in onpolicy_roots]
@@ -247,6 +255,18 @@ def test_resuming_with_another_beta_than_a_round_was_collected_with_is_refused(m
     with pytest.raises(cli.UsageError, match="collected with beta 0.5, but this config gives atari_b"):
         train_lib.train_in_stages(config, str(tmp_path), {})
     assert run.collected == [] and run.stages == []  # Refused before any collection or training.
+
+
+def test_resuming_with_other_model_first_settings_than_a_round_was_collected_with_is_refused(monkeypatch, tmp_path):
+    run = FakeRun(monkeypatch, tmp_path)
+    run.collect(smoke_config(), str(tmp_path), 5, {})
+    run.collected, run.step = [], 12
+    config = smoke_config()
+    config.dagger.model_first_steps = 4  # atari_mix waits up to 8 steps on Breakout's FIRE.
+    with pytest.raises(cli.UsageError, match=r"model_first labels and steps \(\(1,\), 8\), but this config gives "
+                                             r"atari_breakout \(\(1,\), 4\)"):
+        train_lib.train_in_stages(config, str(tmp_path), {})
+    assert run.collected == [] and run.stages == []
 
 
 def test_a_stage_stopped_by_a_signal_ends_training(monkeypatch, tmp_path):
@@ -296,3 +316,14 @@ def test_a_round_at_beta_1_is_the_experts_play_and_its_metadata_says_so(round_ro
     frames = [np.concatenate([ep["steps"]["observation"]["frame"] for ep in episodes.load_episodes(r, TASK, "train")])
               for r in (round_root[0], tmp_path)]
     assert frames[0].shape == frames[1].shape and not np.array_equal(*frames)
+
+
+def test_a_round_where_the_model_goes_first_says_so_in_its_metadata(tmp_path):
+    """model_first through `record_round`: on the expert's FIRE labels (no ball in play) the mixing waits,
+    so at beta 1 the executed share drops below 1 by exactly the share of steps where the model went first."""
+    onpolicy.record_round(TASK, tmp_path, tasks.task_spec(TASK), lambda wrap: play_two_episodes(wrap, []),
+                          {"round_step": 7}, beta=1.0, model_first=((experts.atari.BREAKOUT_FIRE,), 2))
+    meta = episodes.load_metadata(tmp_path, TASK)
+    assert meta["model_first_labels"] == [experts.atari.BREAKOUT_FIRE] and meta["model_first_steps"] == 2
+    assert 0 < meta["model_first_share"] <= 4 / 31  # At most 2 steps per serve, one serve per episode here.
+    assert meta["expert_executed_share"] == pytest.approx(1.0 - meta["model_first_share"])

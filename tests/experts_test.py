@@ -338,6 +338,26 @@ def test_expert_labels_execute_the_experts_action_on_a_share_beta_of_steps(beta)
     assert run()[:2] == (labels, executed)  # Seeded.
 
 
+def test_expert_labels_let_the_player_act_first_on_the_named_labels_up_to_the_cap():
+    """Mixing waits while the expert's label is a player-first action (Breakout's FIRE on a ball-less
+    screen), for at most `player_first_steps` steps in a row; then the expert's share applies again."""
+    kept, executed = [], []
+    inner = tasks.make_env("atari_breakout", sticky_actions=0.0, max_steps=30, seed=0)
+    step = inner.step
+    inner.step = lambda action: (executed.append(int(action)), step(action))[1]
+    env = experts.ExpertLabels(inner, experts.make_policy("atari_breakout"), lambda *e: kept.append(e), seed=3,
+                               beta=1.0, player_first_labels=(experts.atari.BREAKOUT_FIRE,), player_first_steps=3)
+    env.reset(seed=0)
+    for _ in range(30):
+        env.step(0)
+    env.close()
+    labels = [int(label["action"]) for label in kept[0][1]]
+    fire = experts.atari.BREAKOUT_FIRE
+    assert labels[:4] == [fire] * 4  # No ball in play at the start: the expert serves.
+    assert executed[:3] == [0, 0, 0] and executed[3] == fire  # The player's 3 steps, then the expert's serve.
+    assert executed[3:] == labels[3:] and env.player_first_taken == 3 and env.expert_steps == 27
+
+
 def test_expert_labels_refuse_a_beta_outside_0_1():
     with pytest.raises(ValueError, match="beta is a probability"):
         experts.ExpertLabels(tasks.make_env("atari_freeway", max_steps=10, seed=0),
