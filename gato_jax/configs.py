@@ -98,6 +98,8 @@ def train_config() -> ml_collections.ConfigDict:
     # 1 target in 27 tokens, text nearly 1 in 1; atari_mix batches hold ~4% (all Atari) to ~25%.
     t.loss_position_caps = (0.0625, 0.1875, 0.25)
     # Caps on image positions, fractions of batch_size * seq_len (Atari windows are 25/27 = 93% patches).
+    # Each cap is one more branch whose residuals the backward pass zero-fills when another branch runs
+    # (gato_jax/model/sparse.py), so fewer caps fitted to the layout can be faster: see atari_mix.
     t.image_position_caps = (0.5, 0.8125, 0.9375)
     # Layers per iteration of the scan over layers in the sparse step; 0 unrolls them all (no stacked
     # per-layer residuals in the backward pass: ~15% of a cpu_small step; compile time grows with layers).

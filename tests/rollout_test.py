@@ -590,6 +590,13 @@ def test_matched_error_reference_plays_the_expert_at_the_models_error_rate():
     assert eval_lib.matched_error_reference(pong, {"heldout_action_accuracy": 0.75}, refs, settings, TASK_HOOKS) == {}
 
 
+def test_the_report_prints_normalised_scores_to_three_places():
+    """A score just under a 50% bar must not read as 0.50 in the table (the summary counts it under)."""
+    scores = report.task_scores([1.992], report.References(random=0.0, expert=4.0), prompted=True)
+    table = report.markdown({"tasks": {"atari_boxing": scores}})
+    assert "| 0.498 |" in table and "| 0.50 |" not in table
+
+
 def test_heldout_curve_measures_every_checkpoint_on_the_same_windows(tmp_path):
     _, state, tokenizer = tiny_checkpoint()
     workdir = str(tmp_path / "run")

@@ -105,7 +105,7 @@ def _reference(t: Mapping[str, Any], kind: str) -> str:
 
 def _task_rows(tasks: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     return [[name, t["episodes"], f"{_fmt(t['return_mean'])} ± {_fmt(t['return_std'])}", _reference(t, "random"),
-             _reference(t, "expert"), _fmt(t["normalized"]), "yes" if t["prompted"] else "no",
+             _reference(t, "expert"), _fmt(t["normalized"], 3), "yes" if t["prompted"] else "no",
              t.get("heldout_source", "-"), _fmt(t.get("heldout_action_accuracy")),
              _fmt(t.get("heldout_majority_accuracy")), _fmt(t.get("heldout_repeat_accuracy")),
              _fmt(t.get("heldout_action_mae"), 3), _fmt(t.get("heldout_mean_action_mae"), 3),
@@ -203,7 +203,7 @@ def write_chart(path: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
     known = [s is not None and math.isfinite(s) for s in scores]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.5))
     bars = ax.bar(range(len(names)), [s if k else 0.0 for s, k in zip(scores, known)], color="tab:blue")
-    ax.bar_label(bars, [f"{s:.2f}" if k else "n/a" for s, k in zip(scores, known)], fontsize=8)
+    ax.bar_label(bars, [f"{s:.3f}" if k else "n/a" for s, k in zip(scores, known)], fontsize=8)
     for level, style in ((0.5, "--"), (1.0, "-")):
         ax.axhline(level, color="grey", linestyle=style, linewidth=1)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
