@@ -83,11 +83,12 @@ def check(config: ml_collections.ConfigDict, process_count: int) -> None:
         if bad:
             raise cli.UsageError(f"config.dagger.{field} names {bad}, not control tasks of the mixture with an "
                                  f"expert ({[n for n in controls if n in experts.expert_factories()]}); drop them.")
+    # Discrete-action (Atari) control tasks only; one outside config.dagger.tasks just goes unused.
     waits = list(config.dagger.get("model_first_labels", {}).keys())
-    bad = [n for n in waits if n not in round_tasks(config) or not n.startswith("atari_")]
+    bad = [n for n in waits if n not in controls or not n.startswith("atari_")]
     if bad:
-        raise cli.UsageError(f"config.dagger.model_first_labels names {bad}, not Atari tasks of the rounds "
-                             f"({round_tasks(config)}); drop them.")
+        raise cli.UsageError(f"config.dagger.model_first_labels names {bad}, not Atari tasks of the mixture "
+                             f"({[n for n in controls if n.startswith('atari_')]}); drop them.")
     if int(config.dagger.get("model_first_steps", 0)) < 0:
         raise cli.UsageError(f"config.dagger.model_first_steps={config.dagger.model_first_steps} counts steps; "
                              "set it to 0 (the mixing never waits) or more.")
