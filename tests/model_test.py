@@ -29,6 +29,8 @@ from gato_jax.model.attention import (
     previous_positions,
     segment_mask,
 )
+from gato_jax.model.embed import PatchResNet
+from gato_jax.model.layers import ModelDims
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import ACTION_LOCAL_POS, Modality, TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
@@ -423,3 +425,16 @@ def test_dropout_is_on_only_in_training_mode():
     np.testing.assert_allclose(on[0], off[0], atol=1e-5)  # Same weights: deterministic ignores the rate.
     np.testing.assert_array_equal(on[1], on[2])  # Same key, same mask.
     assert np.abs(on[1] - on[0]).mean() > 1e-3 and np.abs(on[1] - on[3]).mean() > 1e-3
+
+
+@pytest.mark.parametrize(("patch_size", "stride", "warns"), [(40, 4, True), (40, 8, False), (16, 4, False)])
+def test_a_patch_grid_too_wide_for_the_matmul_convs_is_warned_about(caplog, patch_size, stride, warns):
+    """The CPU cliff: past MAX_DENSE_CONV_WIDTH the 3x3 convs stay XLA convolutions (~40x slower here)."""
+    config = configs.model_config("tiny")
+    config.patch_size, config.patch_stem_stride, config.resnet_channels = patch_size, stride, 32
+    with caplog.at_level("WARNING", logger="gato_jax.model.embed"):
+        nnx.eval_shape(lambda: PatchResNet(ModelDims.from_config(config), rngs=nnx.Rngs(0)))
+    said = [r.getMessage() for r in caplog.records if r.name == "gato_jax.model.embed"]
+    assert bool(said) == warns
+    if warns:
+        assert "raise model.patch_stem_stride (e.g. to 8)" in said[0] and "10x10 grid" in said[0]

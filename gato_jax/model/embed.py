@@ -20,6 +20,7 @@ Decisions:
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import jax
@@ -43,6 +44,7 @@ GROUPS = 32  # GroupNorm groups in the patch block [P/A].
 # Widest grid (G*G*C) whose 3x3 conv `PatchResNet(as_matmuls=True)` runs as one dense matrix; wider ones
 # (a stem stride under 4) keep the conv.
 MAX_DENSE_CONV_WIDTH = 2048
+_LOG = logging.getLogger(__name__)
 
 
 def _conv(dims: ModelDims, c_in: int, c_out: int, kernel: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
@@ -66,6 +68,14 @@ class PatchResNet(nnx.Module):
         c, s = dims.resnet_channels, dims.patch_stem_stride
         self.patch_size = dims.patch_size
         self.grid = dims.patch_size // s
+        width = self.grid * self.grid * c
+        if width > MAX_DENSE_CONV_WIDTH and jax.default_backend() == "cpu":
+            # A 40-px patch with the stride-4 stem (10x10 grid) ran ~69 s per atari_mix step, against ~1.7 s
+            # with stride 8 (5x5), and nothing said why.
+            _LOG.warning("The patch ResNet's %dx%d grid of %d channels (%d > %d) keeps XLA's 3x3 convolutions, "
+                         "tens of times slower on CPU than the matrix products; raise model.patch_stem_stride "
+                         "(e.g. to %d) or lower model.resnet_channels.", self.grid, self.grid, c, width,
+                         MAX_DENSE_CONV_WIDTH, 2 * s)
         self.stem = _conv(dims, IMAGE_CHANNELS, c, s, s, rngs=rngs)
         self.norm1 = _group_norm(dims, c, rngs=rngs)
         self.conv1 = _conv(dims, c, c, 3, 1, rngs=rngs)
