@@ -135,13 +135,14 @@ def collect_due(config: ml_collections.ConfigDict, workdir: str, step: int, dirs
     round killed midway). A finished round collected with another beta than this config gives its task is
     refused: reusing it would silently change the run's data."""
     for s in round_steps(config):
-        check_round_beta(config, round_root(workdir, s))
+        check_round_mixing(config, round_root(workdir, s))
         if s <= step and any(not onpolicy.has_round(round_root(workdir, s), n) for n in round_tasks(config)):
             collect_round(config, workdir, s, dirs, progress)
 
 
-def check_round_beta(config: ml_collections.ConfigDict, root: Path) -> None:
-    """UsageError when a finished round in `root` was collected with another beta than config gives it."""
+def check_round_mixing(config: ml_collections.ConfigDict, root: Path) -> None:
+    """UsageError when a finished round in `root` was collected with another mixing (beta, or where the
+    model goes first) than config gives it."""
     for name in round_tasks(config):
         if onpolicy.has_round(root, name):
             meta = episodes.load_metadata(root, name)

@@ -238,8 +238,8 @@ class FrameHistory:
         self.spec = spec
         self.fields = [f.name for f in spec.observation if _stacks_history(f, spec)]
         self.recent: dict[str, np.ndarray] = {}  # Field -> [B, history, H, W, 1], oldest first.
-        # Channel c shows the frame min(c, history - 1) steps back (`images.frame_history`).
-        self.channel_C = spec.frame_history - 1 - np.minimum(np.arange(IMAGE_CHANNELS), spec.frame_history - 1)
+        # Each channel's index into the oldest-first window of the last `frame_history` frames.
+        self.channel_C = spec.frame_history - 1 - images_lib.channel_lags(spec.frame_history)
 
     def __call__(self, observations: list[Mapping], reset_B: np.ndarray) -> list[Mapping]:
         """The rows' observations with stacked frames; `reset_B` marks rows whose episode starts here.

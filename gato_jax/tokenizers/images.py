@@ -59,6 +59,14 @@ def to_image_channels(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, IMAGE_CHANNELS, axis=-1)
 
 
+def channel_lags(history: int) -> np.ndarray:
+    """int [IMAGE_CHANNELS]: how many steps back each channel's frame is (0, 1, ..., history - 1, then the
+    oldest repeated). The one rule training windows (`frame_history`) and rollouts (`FrameHistory`) share."""
+    if not 1 <= history <= IMAGE_CHANNELS:
+        raise ValueError(f"frame_history={history} must be 1 to {IMAGE_CHANNELS} (one frame per channel).")
+    return np.minimum(np.arange(IMAGE_CHANNELS), history - 1)
+
+
 def frame_history(frames_NxHxWx1: np.ndarray, history: int, lead: int = 0) -> np.ndarray:
     """Consecutive grayscale frames -> uint8 [N - lead, H, W, IMAGE_CHANNELS] with motion in the channels.
 
@@ -72,10 +80,8 @@ def frame_history(frames_NxHxWx1: np.ndarray, history: int, lead: int = 0) -> np
     frames = np.asarray(frames_NxHxWx1)
     if frames.ndim != 4 or frames.shape[-1] != 1:
         raise ValueError(f"frame_history stacks grayscale frames [N, H, W, 1], got shape {frames.shape}.")
-    if not 1 <= history <= IMAGE_CHANNELS:
-        raise ValueError(f"frame_history={history} must be 1 to {IMAGE_CHANNELS} (one frame per channel).")
+    back_C = channel_lags(history)
     steps_N = np.arange(lead, frames.shape[0])
-    back_C = np.minimum(np.arange(IMAGE_CHANNELS), history - 1)
     index_NxC = np.maximum(steps_N[:, None] - back_C[None, :], 0)
     return np.moveaxis(frames[index_NxC, ..., 0], 1, -1)
 
