@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import episodes, experts, onpolicy, prepare
+from data_pipelines import episodes, experts, onpolicy, prepare, tasks
 from gato_jax import cli
 from gato_jax.evaluate import checkpoint_task_hooks
 from gato_jax.load import load_checkpoint
@@ -83,12 +83,7 @@ def check(config: ml_collections.ConfigDict, process_count: int) -> None:
         if bad:
             raise cli.UsageError(f"config.dagger.{field} names {bad}, not control tasks of the mixture with an "
                                  f"expert ({[n for n in controls if n in experts.expert_factories()]}); drop them.")
-    # Discrete-action (Atari) control tasks only; one outside config.dagger.tasks just goes unused.
-    waits = list(config.dagger.get("model_first_labels", {}).keys())
-    bad = [n for n in waits if n not in controls or not n.startswith("atari_")]
-    if bad:
-        raise cli.UsageError(f"config.dagger.model_first_labels names {bad}, not Atari tasks of the mixture "
-                             f"({[n for n in controls if n.startswith('atari_')]}); drop them.")
+    _check_model_first_labels(config, controls)
     if int(config.dagger.get("model_first_steps", 0)) < 0:
         raise cli.UsageError(f"config.dagger.model_first_steps={config.dagger.model_first_steps} counts steps; "
                              "set it to 0 (the mixing never waits) or more.")
@@ -101,6 +96,24 @@ def check(config: ml_collections.ConfigDict, process_count: int) -> None:
     if process_count > 1:
         raise cli.UsageError(f"DAgger rounds run in one process and this run has {process_count}; "
                              "set --config.dagger.steps='()' for a multi-process run.")
+
+
+def _check_model_first_labels(config: ml_collections.ConfigDict, controls: Sequence[str]) -> None:
+    """Discrete-action (Atari) control tasks only, each label one of the game's actions: a label outside
+    the action set would never match, and the wait would silently never happen. A task outside
+    config.dagger.tasks just goes unused."""
+    waits = config.dagger.get("model_first_labels", {})
+    atari = [n for n in controls if n in tasks.TASKS and tasks.TASKS[n].kind == "atari"]
+    bad = [n for n in waits if n not in atari]
+    if bad:
+        raise cli.UsageError(f"config.dagger.model_first_labels names {bad}, not Atari tasks of the mixture "
+                             f"({atari}); drop them.")
+    for name, labels in waits.items():
+        actions = tasks.get_task(name).action_meanings
+        outside = [int(a) for a in labels if not 0 <= int(a) < len(actions)]
+        if outside:
+            raise cli.UsageError(f"config.dagger.model_first_labels.{name} has {outside}, not actions of the "
+                                 f"game (0..{len(actions) - 1}: {', '.join(actions)}); use action indices.")
 
 
 def round_root(workdir: str | os.PathLike, step: int) -> Path:
