@@ -35,28 +35,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.mixture = ml_collections.ConfigDict(
         {"atari_pong": 0.21, "atari_breakout": 0.21, "atari_boxing": 0.3, "atari_freeway": 0.14,
          "text": 0.05, "captions": 0.09})
-    # Each 80x80 frame is 4 patches of 40x40 (an 8x8-stride stem, so each patch's ResNet block sees a 5x5
-    # grid): 6 tokens per timestep instead of 27, so a 256-token window holds 42 timesteps and a step
-    # trains on ~4.5x as many actions (~3x per second). Each patch holds the frame and the two before it.
-    c.model.patch_size, c.model.patch_stem_stride = 40, 8
-    c.data.caption_image_size = 80  # A multiple of the patch and of the scene generator's 16.
-    c.data.frame_history = 3
-    # One sparse cap each for the patch ResNet (batches hold 56-61% image positions) and two for the logits
-    # (17-26% targets): reverse mode through the cap switch fills every branch's residuals but the one taken
-    # with zeros, [cap, 4800]-sized at 40-px patches, so the base config's three caps cost ~20% of a step.
-    c.train.image_position_caps, c.train.loss_position_caps = (0.625,), (0.25, 0.3125)
-    c.num_train_steps = 1850
-    c.checkpoint_every = 200  # All 10 kept (max_checkpoints_to_keep): the held-out curve reads them.
-    # Two DAgger rounds (gato_jax/dagger.py): at steps 750 and 1300 the model plays 25 episodes of each game,
-    # the experts label every state it reached, and from then on half of each game's windows come from the
-    # rounds so far. In Breakout and Boxing the expert co-drives half the rounds' steps (beta): alone,
-    # Breakout's model rarely served and 81% of its round was FIRE labels on ball-less screens. Pong learns
-    # from its own misses: beta 0.5 there gave 0.17 against 0.33 without.
-    c.dagger.steps = (750, 1300)
-    c.dagger.beta, c.dagger.mixed_tasks = 0.5, ("atari_breakout", "atari_boxing")
-    # ... but on Breakout's ball-less screens (the expert's label FIRE) the model acts alone for up to 8 steps
-    # in a row before the expert's share resumes: with the expert serving within ~2 steps, FIRE was 2.5% of
-    # the rounds' labels and the model still seldom served.
-    c.dagger.model_first_labels = ml_collections.ConfigDict({"atari_breakout": (1,)})  # Breakout's FIRE.
-    c.dagger.model_first_steps = 8
+    configs.apply_atari_play(c, ("atari_pong", "atari_breakout", "atari_boxing", "atari_freeway"))
     return configs.finalize(c, arg, "atari_mix")

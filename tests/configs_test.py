@@ -69,3 +69,21 @@ def test_smoke_shrinks_sizes_and_keeps_the_architecture(path):
     sizes = set(MODEL_PRESETS["tiny"]) | {"preset"}
     kept = lambda m: {k: v for k, v in m.items() if k not in sizes and not isinstance(v, ml_collections.ConfigDict)}
     assert kept(smoke.model) == kept(full.model)
+
+
+def test_control_mix_games_train_as_in_atari_mix():
+    """control_mix's Atari target is atari_mix's, so its games get the same layout, step budget and rounds."""
+    from gato_jax import dagger
+
+    atari, control = (load(next(p for p in EXPERIMENTS if p.endswith(f"/{name}.py")), None)
+                      for name in ("atari_mix", "control_mix"))
+    for field in ("model.patch_size", "model.patch_stem_stride", "data.frame_history", "num_train_steps",
+                  "train.image_position_caps", "dagger.steps", "dagger.beta", "dagger.mixed_tasks",
+                  "dagger.model_first_labels", "dagger.model_first_steps"):
+        a, c = atari, control
+        for key in field.split("."):
+            a, c = a[key], c[key]
+        assert a == c, f"{field}: atari_mix {a}, control_mix {c}"
+    games = [n for n in atari.data.mixture if n.startswith("atari_")]
+    assert dagger.round_tasks(atari) == games
+    assert set(games) <= set(dagger.round_tasks(control))
