@@ -36,6 +36,7 @@ import numpy as np
 from data_pipelines import captions, corpus, documents, episodes, onpolicy, prepare, tasks
 from data_pipelines import sources as sources_lib
 from data_pipelines.sources import FlatEpisodes, Source
+from gato_jax.configs import train_seed
 from gato_jax.errors import DataError
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
@@ -167,7 +168,7 @@ class StreamSettings:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, process_index: int = 0,
                     process_count: int = 1) -> StreamSettings:
-        return cls(config.seq_len, config.batch_size, config.seed, config.eval_batches, process_index,
+        return cls(config.seq_len, config.batch_size, train_seed(config), config.eval_batches, process_index,
                    process_count, config.data.num_workers)
 
 

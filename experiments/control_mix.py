@@ -23,8 +23,8 @@ GAMES = ("atari_pong", "atari_breakout", "atari_boxing", "atari_freeway")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = configs.cpu_experiment_config()
     c.data.mixture = ml_collections.ConfigDict(
-        {"atari_pong": 0.21, "atari_breakout": 0.15, "atari_boxing": 0.3, "atari_freeway": 0.14,
-         "control_pendulum": 0.13, "control_reacher": 0.07})
+        {"atari_pong": 0.21, "atari_breakout": 0.14, "atari_boxing": 0.34, "atari_freeway": 0.12,
+         "control_pendulum": 0.12, "control_reacher": 0.07})
     configs.apply_atari_play(c, GAMES)
     c.dagger.tasks = (*GAMES, "control_pendulum")
     return configs.finalize(c, arg, "control_mix")

@@ -121,7 +121,11 @@ def train_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment; experiments override fields and lock the result."""
     c = ml_collections.ConfigDict()
-    c.seed = 0  # Seeds parameters, data order and dropout.
+    c.seed = 0  # Seeds the prepared data and evaluation episodes, and (with the offset below) training.
+    # Added to `seed` for what training draws (parameters, data order, dropout, DAgger rounds' sampling) but
+    # not for the data it prepares or the episodes it is evaluated on: another value trains an independent
+    # replicate on the same data, scored on the same episodes (run-to-run spread). See train_seed().
+    c.train_seed_offset = 0
     c.seq_len = 1024  # Tokens per training sequence (context window) [P].
     c.batch_size = 512  # Global sequences per step, over all processes [P].
     c.num_train_steps = 1_000_000  # Optimizer steps [P].
@@ -283,6 +287,11 @@ def cpu_experiment_config() -> ml_collections.ConfigDict:
     c.data.max_episode_steps = 1000  # Recording cap; keeps `make data` for atari_mix near 10 minutes.
     c.eval.max_steps = 1000  # Same cap as the stored expert/random returns, so normalised scores compare.
     return c
+
+
+def train_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of what training draws: config.seed + config.train_seed_offset (0 in checkpoints made before it)."""
+    return int(config.seed) + int(config.get("train_seed_offset", 0))
 
 
 def apply_atari_play(c: ml_collections.ConfigDict, games: tuple[str, ...]) -> None:

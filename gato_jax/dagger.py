@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import episodes, experts, onpolicy, prepare, tasks
-from gato_jax import cli
+from gato_jax import cli, configs
 from gato_jax.evaluate import checkpoint_task_hooks
 from gato_jax.load import load_checkpoint
 from gato_jax.rollout.checkpoint_eval import EvalSettings, TaskHooks, rollout_task
@@ -110,10 +110,22 @@ def _check_model_first_labels(config: ml_collections.ConfigDict, controls: Seque
                              f"({atari}); drop them.")
     for name, labels in waits.items():
         actions = tasks.get_task(name).action_meanings
+        named = [a for a in labels if not _is_whole(a)]
+        if named:
+            raise cli.UsageError(f"config.dagger.model_first_labels.{name} has {named}, not action indices; use "
+                                 f"indices of 0..{len(actions) - 1} ({', '.join(actions)}).")
         outside = [int(a) for a in labels if not 0 <= int(a) < len(actions)]
         if outside:
             raise cli.UsageError(f"config.dagger.model_first_labels.{name} has {outside}, not actions of the "
                                  f"game (0..{len(actions) - 1}: {', '.join(actions)}); use action indices.")
+
+
+def _is_whole(value: object) -> bool:
+    """An int, or a float or string that spells one ("1" from a command-line override)."""
+    try:
+        return float(value) == int(float(value)) and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        return False
 
 
 def round_root(workdir: str | os.PathLike, step: int) -> Path:
@@ -196,7 +208,7 @@ def collect_round(config: ml_collections.ConfigDict, workdir: str, step: int, di
         if onpolicy.has_round(root, name):
             continue
         demos = episodes.load_episodes(dirs[name], name, "train")
-        key = jax.random.fold_in(jax.random.key(ROUND_SEED + int(config.seed)), step * 100 + index)
+        key = jax.random.fold_in(jax.random.key(ROUND_SEED + configs.train_seed(config)), step * 100 + index)
 
         def play(wrap, name=name, demos=demos, key=key) -> dict[str, Any]:
             result = rollout_task(loaded, name, settings, labelled_hooks(hooks, wrap), key, progress=progress,

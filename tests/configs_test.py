@@ -88,3 +88,20 @@ def test_control_mix_games_train_as_in_atari_mix():
     games = [n for n in atari.data.mixture if n in tasks.TASKS and tasks.TASKS[n].kind == "atari"]
     assert sorted(dagger.round_tasks(atari)) == sorted(games)
     assert set(games) <= set(dagger.round_tasks(control))
+
+
+def test_a_train_seed_offset_reseeds_training_but_not_its_data_or_evaluation():
+    from data_pipelines import stream
+    from gato_jax.configs import train_seed
+
+    base = cli.load_experiment("experiments/control_mix.py:smoke")
+    replicate = cli.load_experiment("experiments/control_mix.py:smoke")
+    replicate.unlock()
+    replicate.train_seed_offset = 3
+    assert (train_seed(base), train_seed(replicate)) == (base.seed, base.seed + 3)
+    assert stream.StreamSettings.from_config(replicate).seed == base.seed + 3  # Data order and dropout.
+    assert prepare.datasets(replicate) == prepare.datasets(base)  # The same prepared data ...
+    assert replicate.seed == base.seed  # ... and the same evaluation episodes (config.seed + eval.seed_offset).
+    replicate.train_seed_offset = -1
+    with pytest.raises(cli.UsageError, match="train_seed_offset = -1 is out of range"):
+        cli.check_config(replicate)

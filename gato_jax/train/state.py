@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gato_jax import sharding as sharding_lib
+from gato_jax.configs import train_seed
 from gato_jax.model.build import abstract_params, create_sharded_model
 from gato_jax.model.prismer import PrismerGato, load_frozen_experts
 from gato_jax.model.sparse import caps_from_fractions
@@ -164,7 +165,7 @@ def _cached_steps(config, vocab_size: int, mesh: Mesh, graphdef, rest, shardings
 
 def build(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> tuple[StepFunctions, TrainState]:
     """Creates sharded parameters and optimizer state, and the (lazily compiled) step functions."""
-    model = create_sharded_model(config.model, vocab_size, mesh, config.seed)
+    model = create_sharded_model(config.model, vocab_size, mesh, train_seed(config))
     if isinstance(model, PrismerGato):
         load_frozen_experts(model, str(config.model.prismer.shape_expert_dir))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -177,7 +178,7 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> tup
         step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
         params=params,
         opt_state=opt_state,
-        rng=jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), shardings.rng),
+        rng=jax.device_put(jax.random.key_data(jax.random.key(train_seed(config) + 1)), shardings.rng),
     )
     fns = StepFunctions(graphdef, rest, tx, mesh, shardings, batch_sharding, train_step, eval_step)
     return fns, state
@@ -213,7 +214,7 @@ class AbstractTrainState(NamedTuple):
 def abstract_train_state(config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh) -> AbstractTrainState:
     """The one way to describe a train state without allocating it: parameters sharded by the rules,
     optimizer moments following them, step and RNG replicated (the shardings `build` creates)."""
-    graphdef, params, rest = abstract_params(config.model, vocab_size, mesh, seed=config.seed)
+    graphdef, params, rest = abstract_params(config.model, vocab_size, mesh, seed=train_seed(config))
     tx = make_tx(config, params)
     shardings = _state_shardings(tx, params, mesh)
     shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params),
