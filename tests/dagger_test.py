@@ -158,7 +158,7 @@ def test_the_expert_co_drives_only_the_mixed_tasks_rounds():
     (dict(first={"captions": (1,)}), "model_first_labels names \\['captions'\\], not Atari tasks"),
     (dict(first={"atari_pongg": (1,)}), "model_first_labels names \\['atari_pongg'\\]"),
     (dict(first={"atari_breakout": (1, 4)}), "model_first_labels.atari_breakout has \\[4\\], not actions of the game"),
-    (dict(first={"atari_breakout": ("FIRE",)}), "model_first_labels.atari_breakout has \\['FIRE'\\], not action indices"),
+    (dict(first={"atari_breakout": ("FIRE",)}), "atari_breakout has \\['FIRE'\\], not action indices"),
     (dict(first_steps=-1), "model_first_steps=-1 counts steps"),
 ])
 def test_rounds_that_cannot_run_are_refused_in_one_line(change, says):
