@@ -159,17 +159,18 @@ class StreamSettings:
 
     seq_len: int
     batch_size: int  # Global rows per step.
-    seed: int
+    seed: int  # The training stream's order (configs.train_seed).
     eval_batches: int
     process_index: int = 0
     process_count: int = 1
     num_workers: int = 0  # grain worker processes; 0 builds batches in a thread of this process.
+    eval_seed: int | None = None  # The held-out batches (config.seed: the same for replicates); None: `seed`.
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, process_index: int = 0,
                     process_count: int = 1) -> StreamSettings:
         return cls(config.seq_len, config.batch_size, train_seed(config), config.eval_batches, process_index,
-                   process_count, config.data.num_workers)
+                   process_count, config.data.num_workers, eval_seed=int(config.seed))
 
 
 def make_train_data(layout: VocabLayout, train: Mapping[str, Source], test: Mapping[str, Source],
@@ -180,7 +181,7 @@ def make_train_data(layout: VocabLayout, train: Mapping[str, Source], test: Mapp
     s = settings
     shard = lambda examples: local_batches(examples, s.batch_size, s.process_index, s.process_count)
     train_batches = shard(example_dataset(train, weights, s.seed, TRAIN_STREAM))
-    eval_batches = shard(example_dataset(test, weights, s.seed, EVAL_STREAM))
+    eval_batches = shard(example_dataset(test, weights, s.seed if s.eval_seed is None else s.eval_seed, EVAL_STREAM))
     held_out: list[TokenSequence] = []
 
     def eval_fn() -> list[TokenSequence]:  # Built on first use, then the same list every call.

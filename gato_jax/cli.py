@@ -303,7 +303,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("dagger.beta", _probability, "a probability in [0, 1] (0: the model acts on every step of a round)"),
     ("dagger.steps", lambda xs: all(_positive(x) and int(x) == x for x in xs) and len(set(xs)) == len(xs),
      "distinct whole training steps > 0"),
-    ("train_seed_offset", lambda x: isinstance(x, int) and x >= 0,
+    ("train_seed_offset", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0,
      "a whole number >= 0 (0: training follows config.seed)"),
     ("eval.episodes", _positive, "> 0"),
     ("eval.num_envs", _positive, "> 0"),

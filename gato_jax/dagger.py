@@ -110,6 +110,9 @@ def _check_model_first_labels(config: ml_collections.ConfigDict, controls: Seque
                              f"({atari}); drop them.")
     for name, labels in waits.items():
         actions = tasks.get_task(name).action_meanings
+        if isinstance(labels, (str, int, float)):
+            raise cli.UsageError(f"config.dagger.model_first_labels.{name} is {labels!r}, not a tuple of action "
+                                 f"indices; write it as ({labels!r},).")
         named = [a for a in labels if not _is_whole(a)]
         if named:
             raise cli.UsageError(f"config.dagger.model_first_labels.{name} has {named}, not action indices; use "
@@ -121,11 +124,13 @@ def _check_model_first_labels(config: ml_collections.ConfigDict, controls: Seque
 
 
 def _is_whole(value: object) -> bool:
-    """An int, or a float or string that spells one ("1" from a command-line override)."""
-    try:
-        return float(value) == int(float(value)) and not isinstance(value, bool)
-    except (TypeError, ValueError):
+    """An int (not a bool), a whole float, or a string of digits ("1" from a command-line override): what
+    int() reads as an action index."""
+    if isinstance(value, bool):
         return False
+    if isinstance(value, str):
+        return value.strip().isdigit()
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def round_root(workdir: str | os.PathLike, step: int) -> Path:

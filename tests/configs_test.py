@@ -99,7 +99,8 @@ def test_a_train_seed_offset_reseeds_training_but_not_its_data_or_evaluation():
     replicate.unlock()
     replicate.train_seed_offset = 3
     assert (train_seed(base), train_seed(replicate)) == (base.seed, base.seed + 3)
-    assert stream.StreamSettings.from_config(replicate).seed == base.seed + 3  # Data order and dropout.
+    settings = stream.StreamSettings.from_config(replicate)
+    assert (settings.seed, settings.eval_seed) == (base.seed + 3, base.seed)  # Another order, same held-out batches.
     assert prepare.datasets(replicate) == prepare.datasets(base)  # The same prepared data ...
     assert replicate.seed == base.seed  # ... and the same evaluation episodes (config.seed + eval.seed_offset).
     replicate.train_seed_offset = -1

@@ -159,6 +159,8 @@ def test_the_expert_co_drives_only_the_mixed_tasks_rounds():
     (dict(first={"atari_pongg": (1,)}), "model_first_labels names \\['atari_pongg'\\]"),
     (dict(first={"atari_breakout": (1, 4)}), "model_first_labels.atari_breakout has \\[4\\], not actions of the game"),
     (dict(first={"atari_breakout": ("FIRE",)}), "atari_breakout has \\['FIRE'\\], not action indices"),
+    (dict(first={"atari_breakout": 1}), "model_first_labels.atari_breakout is 1, not a tuple"),
+    (dict(first={"atari_breakout": ("1.5", 2.5, True)}), "atari_breakout has \\['1.5', 2.5, True\\], not action"),
     (dict(first_steps=-1), "model_first_steps=-1 counts steps"),
 ])
 def test_rounds_that_cannot_run_are_refused_in_one_line(change, says):

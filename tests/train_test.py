@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import types
 
 import chex
 import jax
@@ -22,7 +23,7 @@ from gato_jax.tokenizers.sequence import TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop, optim
 from gato_jax.train import state as state_lib
-from gato_jax.train.checkpoint import Checkpointer
+from gato_jax.train.checkpoint import Checkpointer, CheckpointError
 from gato_jax.train.loss import next_token_loss
 from gato_jax.train.metrics_writer import read_metrics
 from gato_jax.train.synthetic import SyntheticIterator, synthetic_data
@@ -130,6 +131,18 @@ def test_checkpoint_restores_onto_another_mesh(straight_run):
     on_one = checkpointer.restore(one)[0]
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(on_one.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resuming_under_another_train_seed_offset_is_refused():
+    """A replicate's data order and rounds follow its offset: resuming one under another would splice two runs."""
+    saved = tiny_config()
+    replicate = tiny_config()
+    replicate.unlock()
+    replicate.train_seed_offset = 1
+    meta = types.SimpleNamespace(layout=LAYOUT, config=saved)
+    loop.check_compatible(meta, saved, LAYOUT, "ckpt")
+    with pytest.raises(CheckpointError, match="train_seed_offset=0, this run asks for 1"):
+        loop.check_compatible(meta, replicate, LAYOUT, "ckpt")
 
 
 def damage(step_dir) -> None:

@@ -90,6 +90,11 @@ def checkpoint_meta(config: ml_collections.ConfigDict, data: TrainData) -> Check
 
 def check_compatible(saved: CheckpointMeta, config: ml_collections.ConfigDict, layout, directory: str) -> None:
     """The checkpoint was trained with this model and vocabulary; CheckpointError naming the first difference."""
+    offsets = (int(saved.config.get("train_seed_offset", 0)), int(config.get("train_seed_offset", 0)))
+    if offsets[0] != offsets[1]:
+        raise CheckpointError(f"Checkpoint in {directory} was trained with train_seed_offset={offsets[0]}, this run "
+                              f"asks for {offsets[1]}; pass --config.train_seed_offset={offsets[0]} or a fresh "
+                              "--workdir.")
     if saved.layout != layout:
         raise CheckpointError(f"Checkpoint in {directory} uses vocabulary {saved.layout}, but this run's data uses "
                               f"{layout}; use a fresh --workdir or the config it was trained with.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gato_jax.configs import train_seed
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.train_data import TrainData
@@ -73,6 +74,6 @@ def synthetic_data(config, layout: VocabLayout, process_index: int = 0, process_
                                           process_index=process_index, process_count=process_count)
     held_out = make(config.seed + 10_000)
     local = lambda batch: TokenSequence(*(field[held_out.rows] for field in batch))
-    return TrainData(layout=layout, train_iter=make(config.seed),
+    return TrainData(layout=layout, train_iter=make(train_seed(config)),
                      eval_batches=lambda: [local(held_out.global_batch_at(i)) for i in range(config.eval_batches)],
                      info={"source": "synthetic"})
