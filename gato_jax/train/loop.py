@@ -89,7 +89,8 @@ def checkpoint_meta(config: ml_collections.ConfigDict, data: TrainData) -> Check
 
 
 def check_compatible(saved: CheckpointMeta, config: ml_collections.ConfigDict, layout, directory: str) -> None:
-    """The checkpoint was trained with this model and vocabulary; CheckpointError naming the first difference."""
+    """The checkpoint was trained with this model, vocabulary and train_seed_offset; CheckpointError naming the
+    first difference."""
     offsets = (int(saved.config.get("train_seed_offset", 0)), int(config.get("train_seed_offset", 0)))
     if offsets[0] != offsets[1]:
         raise CheckpointError(f"Checkpoint in {directory} was trained with train_seed_offset={offsets[0]}, this run "
