@@ -4,7 +4,7 @@ Command:  make train EXP=control_mix && make eval EXP=control_mix   (smoke run: 
 Machine:  2 CPU cores, no GPU (needs the `mujoco` extra, installed by `make install`).
 Shows one model handling discrete and continuous actions, image and vector observations together.
 Wall time: training 55 min 55 s (1850 steps of 16 x 256 tokens, median 1.47 s/step, data prepared; peak RSS
-          4.8 GB), evaluation 12 min 21 s (50 episodes per task, sticky actions 0.25, 1000-step cap), 2026-12-02.
+          4.9 GB), evaluation 12 min 21 s (50 episodes per task, sticky actions 0.25, 1000-step cap), 2026-12-02.
           A replicate (--config.train_seed_offset=1) took 59 min 24 s (median 1.55 s/step): little headroom.
 The games train as in atari_mix (configs.apply_atari_play: 40-px patches over three frames, 1850 steps, DAgger
 rounds at steps 750 and 1300 with Breakout's wait). Boxing 0.34 (the game nearest the bar); InvertedPendulum
