@@ -88,6 +88,8 @@ def test_control_mix_games_train_as_in_atari_mix():
     games = [n for n in atari.data.mixture if n in tasks.TASKS and tasks.TASKS[n].kind == "atari"]
     assert sorted(dagger.round_tasks(atari)) == sorted(games)
     assert set(games) <= set(dagger.round_tasks(control))
+    from data_pipelines.experts import atari as atari_experts  # configs.py (a leaf) writes FIRE as the literal 1.
+    assert tuple(atari.dagger.model_first_labels.atari_breakout) == (atari_experts.BREAKOUT_FIRE,)
 
 
 def test_a_train_seed_offset_reseeds_training_but_not_its_data_or_evaluation():
