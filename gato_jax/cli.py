@@ -314,6 +314,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("eval.matched_error_episodes", _non_negative, ">= 0 (0 skips the expert-at-the-model's-error-rate reference)"),
     ("eval.temperature", _non_negative, ">= 0 (0 is greedy)"),
     ("eval.continuous_temperature", _non_negative, ">= 0 (0 is greedy)"),
+    ("eval.continuous_mean", lambda x: isinstance(x, bool), "True or False (at continuous temperature 0: act on "
+     "the bin nearest the mean, or on the likeliest bin)"),
     ("eval.fewshot_word_episodes", _non_negative, ">= 0 (0 reports no word losses)"),
     ("eval.fewshot_word_shots", _positive, ">= 1"),
     ("eval.caption_examples", _non_negative, ">= 0"),

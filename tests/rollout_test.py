@@ -272,24 +272,51 @@ def test_agent_samples_valid_ids_and_compiles_once(loaded, monkeypatch):
     assert len(np.unique(ids_NxBxA[..., 0])) == 3  # All three moves sampled at a high temperature.
 
 
-def test_continuous_actions_take_their_likeliest_bin_while_discrete_ones_are_sampled(loaded):
+def _likeliest_bin(in_range_BxK: np.ndarray, values_K: np.ndarray) -> np.ndarray:
+    return in_range_BxK.argmax(-1)
+
+
+def _bin_nearest_the_mean(in_range_BxK: np.ndarray, values_K: np.ndarray) -> np.ndarray:
+    probs = np.exp(in_range_BxK - in_range_BxK.max(-1, keepdims=True))
+    mean_B = (probs / probs.sum(-1, keepdims=True)) @ values_K
+    return np.abs(values_K[None] - mean_B[:, None]).argmin(-1)
+
+
+@pytest.mark.parametrize("continuous_mean, expected_bin", [(False, _likeliest_bin), (True, _bin_nearest_the_mean)])
+def test_greedy_continuous_actions_take_their_likeliest_or_mean_bin_while_discrete_ones_are_sampled(
+        loaded, continuous_mean, expected_bin):
     agent = Agent(loaded.model, SPEC, LAYOUT, batch_size=B, cache_size=SEQ_LEN, temperature=3.0,
-                  continuous_temperature=0.0)
+                  continuous_temperature=0.0, continuous_mean=continuous_mean)
     tokens = agent.actions
     continuous = tokens.modality_A == Modality.CONTINUOUS
     assert continuous.sum() == 2 and list(agent.temperature_A) == [3.0 if not c else 0.0 for c in continuous]
+    assert list(agent.mean_A) == [continuous_mean and c for c in continuous]
     env = Corridor()
     state, observation = agent.initial_state(), env.reset(seed=0)[0]
     key, moves = jax.random.key(1), []
     for _ in range(12):
         key, act_key = jax.random.split(key)
         state, out = agent.act(state, agent.observe([observation] * B), np.zeros(B, bool), act_key)
-        ids, logits = np.asarray(out.action_ids_BxA), np.asarray(out.logits_BxAxV)
+        ids, logits = np.asarray(out.action_ids_BxA), np.asarray(out.logits_BxAxV, np.float64)
         for a in np.flatnonzero(continuous):
             in_range = logits[:, a, tokens.lo_A[a]:tokens.hi_A[a]]
-            np.testing.assert_array_equal(ids[:, a], tokens.lo_A[a] + in_range.argmax(-1))
+            expected = tokens.lo_A[a] + expected_bin(in_range, tokens.bin_values_AxK[a].astype(np.float64))
+            np.testing.assert_array_equal(ids[:, a], expected)
         moves.append(ids[:, 0])
     assert len(np.unique(moves)) > 1, "the discrete move is still sampled at temperature 3"
+
+
+def test_the_mean_bin_lies_between_two_peaks_where_the_likeliest_bin_is_one_of_them():
+    """Two near-equal peaks 12 bins apart: argmax takes the taller, the mean bin lies strictly between them."""
+    lo, hi = LAYOUT.continuous_range
+    values_K = jnp.asarray(agent_lib.action_tokens(SPEC, LAYOUT).bin_values_AxK[1])
+    peak_a, peak_b = 8, 20  # Of 32 bins.
+    logits_V = jnp.full((LAYOUT.padded_size,), -30.0).at[lo + peak_a].set(0.0).at[lo + peak_b].set(0.2)
+    logits_BxV = logits_V[None]
+    mean_id = int(agent_lib.mean_bin(logits_BxV, jnp.int32(lo), values_K)[0])
+    greedy_id = int(agent_lib.sample_in_range(jax.random.key(0), logits_BxV, lo, hi, jnp.float32(0.0))[0])
+    assert greedy_id == lo + peak_b
+    assert lo + peak_a < mean_id < lo + peak_b
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -115,6 +115,7 @@ class EvalSettings(NamedTuple):
     seed: int
     continuous_temperature: float  # Of continuous action tokens (config.eval.continuous_temperature).
     matched_error_episodes: int = 0  # Episodes of the expert at the model's error rate; 0 skips them.
+    continuous_mean: bool = True  # At continuous temperature 0: the bin nearest the mean, not the likeliest.
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
@@ -122,7 +123,7 @@ class EvalSettings(NamedTuple):
         return cls(int(e.episodes), int(e.num_envs), int(e.max_steps), float(e.sticky_actions), bool(e.prompted),
                    float(e.temperature), int(config.seed) + int(e.get("seed_offset", 0)),
                    float(e.continuous_temperature),
-                   int(e.get("matched_error_episodes", 0)))
+                   int(e.get("matched_error_episodes", 0)), bool(e.get("continuous_mean", True)))
 
 
 def references(name: str, metadata: Mapping) -> References:
@@ -149,14 +150,15 @@ def references(name: str, metadata: Mapping) -> References:
 
 
 def make_agent(loaded: Loaded, name: str, batch_size: int, temperature: float,
-               continuous_temperature: float | None = None) -> Agent:
+               continuous_temperature: float | None = None, continuous_mean: bool = True) -> Agent:
     if name not in loaded.task_specs:
         raise ValueError(f"The checkpoint has no task spec for {name!r} (it knows {sorted(loaded.task_specs)}); "
                          "evaluate with the mixture it was trained on.")
     spec = loaded.task_specs[name]
     return Agent(loaded.model, spec, loaded.layout, batch_size=batch_size,
                  cache_size=acting_cache_size(int(loaded.config.seq_len), spec.tokens_per_timestep),
-                 temperature=temperature, continuous_temperature=continuous_temperature)
+                 temperature=temperature, continuous_temperature=continuous_temperature,
+                 continuous_mean=continuous_mean)
 
 
 def acting_cache_size(seq_len: int, tokens_per_timestep: int) -> int:
@@ -190,7 +192,8 @@ def rollout_task(loaded: Loaded, name: str, settings: EvalSettings, hooks: TaskH
     `tally` and `hooks.shadow_expert`, the task's expert is asked in every state the model reaches.
     """
     num_envs = max(1, min(settings.num_envs, settings.episodes))
-    agent = make_agent(loaded, name, num_envs, settings.temperature, settings.continuous_temperature)
+    agent = make_agent(loaded, name, num_envs, settings.temperature, settings.continuous_temperature,
+                       settings.continuous_mean)
     plain = lambda seed: hooks.make_env(name, sticky_actions=settings.sticky_actions, max_steps=settings.max_steps,
                                         seed=seed)
     shadowed = tally is not None and hooks.shadow_expert is not None
