@@ -2,7 +2,8 @@
 
 Any config field can be overridden, e.g. `--config.eval.episodes=10 --config.eval.prompted=False`.
 `--curve` instead measures held-out action accuracy at every checkpoint (learning curves, no rollouts):
-WORKDIR/eval/heldout_curve.{json,md,png}.
+WORKDIR/eval/heldout_curve.{json,md,png}. `--tasks=control_pendulum,...` evaluates only those control tasks
+(no captions or text) into WORKDIR/eval_<tasks>/, leaving the full report in WORKDIR/eval untouched.
 
 Checks the inputs (config values, a checkpoint in the workdir that this config's vocabulary matches, the
 held-out data of every task), loads the checkpoint's parameters, wires environments, episodes and
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import gymnasium
@@ -41,6 +42,8 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest readable).", flag_values=fv)
     flags.DEFINE_bool("curve", False, "Held-out action accuracy of every control task at every checkpoint "
                       "(learning curves) instead of the full evaluation.", flag_values=fv)
+    flags.DEFINE_list("tasks", [], "Only these control tasks of the mixture (no captions or text); the report "
+                      "goes to WORKDIR/eval_<tasks> (default: everything, to WORKDIR/eval).", flag_values=fv)
 
 
 def task_hooks(dirs: Mapping[str, Path], frame_size: int, frame_filter: str = "area") -> TaskHooks:
@@ -87,10 +90,22 @@ def data_hooks(dirs: Mapping[str, Path]) -> DataHooks:
         fewshot_word_rows=words)
 
 
-def eval_sources(config) -> EvalSources:
-    mixture = list(config.data.mixture)
-    return EvalSources(tuple(prepare.control_tasks(config)), any(n in prepare.CAPTION_SOURCES for n in mixture),
+def eval_sources(config, only: Sequence[str] = ()) -> EvalSources:
+    """Everything the mixture holds, or only the control tasks in `only` (UsageError for one it lacks)."""
+    mixture, controls = list(config.data.mixture), tuple(prepare.control_tasks(config))
+    if only:
+        unknown = sorted(set(only) - set(controls))
+        if unknown:
+            raise cli.UsageError(f"--tasks names {unknown}, not control tasks of this experiment's mixture; pass "
+                                 f"some of {list(controls)}.")
+        return EvalSources(tuple(n for n in controls if n in only), key_order=controls)
+    return EvalSources(controls, any(n in prepare.CAPTION_SOURCES for n in mixture),
                        any(n in prepare.TEXT_SOURCES for n in mixture), prepare.mixes_documents(config))
+
+
+def report_dir(workdir: str, only: Sequence[str] = ()) -> str:
+    """WORKDIR/eval, or WORKDIR/eval_<tasks> for a `--tasks` evaluation (the full report stays whole)."""
+    return os.path.join(workdir, "_".join([EVAL_DIR, *sorted(only)]))
 
 
 def dataset_dirs(config, meta: CheckpointMeta) -> dict[str, Path]:
@@ -154,13 +169,17 @@ def _main(argv: list[str]) -> int:
     layout = VocabLayout.from_config(config)
     if parsed.flags["curve"] and parsed.flags["step"] is not None:
         raise cli.UsageError("--curve measures every checkpoint; drop --step (or drop --curve to evaluate one step).")
+    only = parsed.flags["tasks"]
+    sources = eval_sources(config, only)
+    if parsed.flags["curve"] and only:
+        raise cli.UsageError("--curve measures every control task; drop --tasks (or drop --curve).")
     meta = read_meta(workdir, parsed.flags["step"], expected_layout=layout)
     check_frames(config, meta.config)
     dirs = dataset_dirs(config, meta)
     if parsed.flags["curve"]:
         return _curve(config, workdir, dirs, layout)
     loaded = load_checkpoint(workdir, parsed.flags["step"], expected_layout=layout)
-    report = evaluate_checkpoint(loaded, config, os.path.join(workdir, EVAL_DIR), eval_sources(config),
+    report = evaluate_checkpoint(loaded, config, report_dir(workdir, only), sources,
                                  checkpoint_task_hooks(dirs, loaded.config), data_hooks(dirs))
     with open(report["files"]["md"]) as f:
         print(f.read())

@@ -511,6 +511,21 @@ def test_continuous_action_errors_are_in_action_units():
     assert eval_lib.continuous_action_errors(discrete, LAYOUT, target[:, :1], predicted[:, :1]) == {}
 
 
+def test_a_subset_of_the_tasks_draws_the_sampling_keys_of_the_full_evaluation(monkeypatch):
+    """`make eval --tasks=b` scores b with the key b has when a, b and c are evaluated together."""
+    keys = {}
+    monkeypatch.setattr(eval_lib, "heldout_episodes", lambda hooks, name: [])
+    monkeypatch.setattr(eval_lib, "evaluate_task", lambda loaded, name, settings, hooks, key, *a, **k: keys.setdefault(
+        name, []).append(np.asarray(jax.random.key_data(key))) or {})
+    settings = eval_lib.EvalSettings(2, 2, 10, 0.0, False, 1.0, 7, 0.0)
+    eval_lib._control(None, ["a", "b", "c"], settings, TASK_HOOKS, "", progress=False)
+    eval_lib._control(None, ["b"], settings, TASK_HOOKS, "", progress=False, key_order=["a", "b", "c"])
+    eval_lib._control(None, ["b"], settings, TASK_HOOKS, "", progress=False)
+    full, subset, alone = keys["b"]
+    np.testing.assert_array_equal(subset, full)
+    assert not np.array_equal(alone, full)  # Without the order, b would take a's key.
+
+
 def test_evaluate_writes_report_chart_and_video(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(eval_lib, "CAPTION_BATCH", 1)  # Shares the sampler's compiles with sample_test.
     out = str(tmp_path / "eval")
@@ -547,6 +562,7 @@ def test_evaluate_writes_report_chart_and_video(loaded, tmp_path, monkeypatch):
     assert task["heldout_source"] == "test" and (task["expert_episodes"], task["random_episodes"]) == (2, 3)
     assert task["expert_std"] == 0.5 and task["random_std"] == pytest.approx(np.std([-3.0, -2.0, -1.0]))
     assert task["heldout_action_mae"] >= 0 and task["heldout_mean_action_mae"] >= 0
+    assert task["heldout_action_mae_mean_bin"] >= 0
     assert not any("human" in k for k in task)
     assert saved["text"]["perplexity"] > 1 and saved["text"]["unigram_perplexity"] == 50.0
     assert os.path.getsize(os.path.join(out, "normalized_scores.png")) > 0
@@ -579,6 +595,16 @@ def test_heldout_action_accuracy_matches_the_training_metric(loaded):
     step = SPEC.action_tokens  # 3: move, then two push values.
     repeats = np.concatenate([r[step:] == r[:-step] for r in rows])
     assert got["heldout_repeat_accuracy"] == pytest.approx(repeats.mean())
+    # The bin nearest the mean, from these logits by hand: `push` is linear (not mu-law), scale 2.
+    lo, hi = LAYOUT.continuous_range
+    logits = np.asarray(loaded.model(batch), np.float64)[:, :-1, lo:hi]
+    is_push = np.asarray(batch.loss_mask[:, 1:]) & (np.asarray(batch.modality[:, 1:]) == Modality.CONTINUOUS)
+    values_K = agent_lib.action_tokens(SPEC, LAYOUT).bin_values_AxK[1].astype(np.float64)
+    probs = np.exp(logits[is_push] - logits[is_push].max(-1, keepdims=True))
+    mean = (probs / probs.sum(-1, keepdims=True)) @ values_K
+    nearest = values_K[np.abs(values_K[None] - mean[:, None]).argmin(-1)]
+    truth = values_K[np.asarray(batch.tokens[:, 1:])[is_push] - lo]
+    assert got["heldout_action_mae_mean_bin"] == pytest.approx(2.0 * np.abs(nearest - truth).mean(), rel=1e-5)
 
 
 def test_measure_acting_counts_the_tokens_it_decodes(loaded, monkeypatch):

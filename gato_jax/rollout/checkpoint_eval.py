@@ -29,7 +29,7 @@ from gato_jax.errors import DataError
 from gato_jax.load import Loaded
 from gato_jax.rollout import answers, prismer_eval
 from gato_jax.rollout import report as report_lib
-from gato_jax.rollout.agent import Agent, demonstration_prompts
+from gato_jax.rollout.agent import Agent, demonstration_prompts, mean_bin
 from gato_jax.rollout.chunks import as_jax
 from gato_jax.rollout.envs import EnvBatch, RolloutResult, run_episodes
 from gato_jax.rollout.report import References
@@ -103,6 +103,9 @@ class EvalSources(NamedTuple):
     captions: bool = False
     text: bool = False
     vision_language: bool = False  # Held-out visual questions and few-shot episodes (KOSMOS-1 documents).
+    # Every control task of the mixture, in order, when `tasks` is a subset of them: each evaluated task then
+    # draws the sampling key it draws in the full evaluation, so its figures match the full report's.
+    key_order: tuple[str, ...] = ()
 
 
 class EvalSettings(NamedTuple):
@@ -225,9 +228,10 @@ def heldout_episodes(hooks: TaskHooks, name: str) -> Sequence[Mapping]:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _action_predictions(graphdef, params, seq: TokenSequence,
-                        continuous: tuple[int, int]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(argmax, argmax inside the continuous range [lo, hi), is a loss-masked action target, target) for
+def _action_predictions(graphdef, params, seq: TokenSequence, continuous: tuple[int, int],
+                        bin_values_CxK: jax.Array) -> tuple[jax.Array, ...]:
+    """(argmax, argmax inside the continuous range [lo, hi), is a loss-masked action target, target, and
+    [C, B, T] the continuous bin nearest the mean under each of C bin-value tables (`agent.mean_bin`)) for
     every next-token position."""
     logits_BxTxV = nnx.merge(graphdef, params)(seq)[:, :-1]
     targets_BxT = seq.tokens[:, 1:]
@@ -235,7 +239,10 @@ def _action_predictions(graphdef, params, seq: TokenSequence,
     is_action_BxT = seq.loss_mask[:, 1:] & jnp.isin(seq.modality[:, 1:], actions)
     lo, hi = continuous
     in_range_BxT = lo + jnp.argmax(logits_BxTxV[..., lo:hi], axis=-1)
-    return jnp.argmax(logits_BxTxV, axis=-1), in_range_BxT, is_action_BxT, targets_BxT
+    flat_NxV = logits_BxTxV.reshape(-1, logits_BxTxV.shape[-1])
+    mean_CxBxT = jnp.stack([mean_bin(flat_NxV, jnp.int32(lo), values_K).reshape(in_range_BxT.shape)
+                            for values_K in bin_values_CxK])
+    return jnp.argmax(logits_BxTxV, axis=-1), in_range_BxT, is_action_BxT, targets_BxT, mean_CxBxT
 
 
 def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mapping], make_windows: WindowsFn,
@@ -246,29 +253,46 @@ def heldout_action_accuracy(loaded: Loaded, name: str, episodes: Sequence[Mappin
     a rollout score near random with accuracy well above both baselines points at the latter. The second
     baseline repeats the previous timestep's action: an expert that holds actions (Boxing re-plans every
     4 steps) lets a model score well by copying its own last action without reading the frame.
-    Tasks with continuous actions add the mean absolute error in action units (`continuous_action_errors`).
+    Tasks with continuous actions add the mean absolute error in action units (`continuous_action_errors`),
+    of the likeliest bin and of the bin nearest the mean (how the agent acts by default).
     """
     spec, seq_len = loaded.task_specs[name], int(loaded.config.seq_len)
     items = make_windows(spec, loaded.layout, episodes, seq_len, windows)
     graphdef, params = nnx.split(loaded.model)
     per_step = spec.action_tokens
-    hits, targets, repeats, steps, predicted_steps = [], [], [], [], []
+    tables = jnp.asarray(_bin_value_tables(loaded.layout))
+    # Which table (companded, linear) decodes each action token of a timestep; discrete ones never read it.
+    table_A = np.array([0 if f.kind != FieldKind.CONTINUOUS or f.companded else 1
+                        for f in spec.ordered_action() for _ in range(f.size)])
+    hits, targets, repeats, steps, predicted_steps, mean_steps = [], [], [], [], [], []
     for batch in _fixed_batches(loaded, items):
-        outs = _action_predictions(graphdef, params, batch, tuple(loaded.layout.continuous_range))
-        argmax, in_range, is_action, target = (np.asarray(x) for x in outs)
+        outs = _action_predictions(graphdef, params, batch, tuple(loaded.layout.continuous_range), tables)
+        argmax, in_range, is_action, target, mean_CxBxT = (np.asarray(x) for x in outs)
         hits.append(argmax[is_action] == target[is_action])
         targets.append(target[is_action])
-        for row, guess, mask in zip(target, in_range, is_action):  # Rows hold whole timesteps: actions pair up.
+        for b, (row, guess, mask) in enumerate(zip(target, in_range, is_action)):  # Whole timesteps: actions pair up.
             actions, whole = row[mask], mask.sum() // per_step * per_step
             repeats.append(actions[per_step:] == actions[:-per_step] if actions.size > per_step else actions[:0])
             steps.append(actions[:whole].reshape(-1, per_step))
             predicted_steps.append(guess[mask][:whole].reshape(-1, per_step))
+            means_CxNxA = mean_CxBxT[:, b][:, mask][:, :whole].reshape(len(tables), -1, per_step)
+            mean_steps.append(np.take_along_axis(means_CxNxA, table_A[None, None, :], axis=0)[0])
     hits, targets, repeats = np.concatenate(hits), np.concatenate(targets), np.concatenate(repeats)
     majority = np.bincount(targets).max() / max(targets.size, 1) if targets.size else math.nan
     out = {"heldout_action_accuracy": _mean_or_nan(hits), "heldout_majority_accuracy": float(majority),
            "heldout_repeat_accuracy": _mean_or_nan(repeats), "heldout_action_targets": int(targets.size)}
-    out.update(continuous_action_errors(spec, loaded.layout, np.concatenate(steps), np.concatenate(predicted_steps)))
+    steps = np.concatenate(steps)
+    out.update(continuous_action_errors(spec, loaded.layout, steps, np.concatenate(predicted_steps)))
+    mean_errors = continuous_action_errors(spec, loaded.layout, steps, np.concatenate(mean_steps))
+    if mean_errors:
+        out["heldout_action_mae_mean_bin"] = mean_errors["heldout_action_mae"]
     return out
+
+
+def _bin_value_tables(layout: VocabLayout) -> np.ndarray:
+    """[2, K]: every continuous bin's value under mu-law (companded fields) and without (linear ones)."""
+    bins = np.arange(*layout.continuous_range)
+    return np.stack([detokenize_continuous(bins, layout, companded=c) for c in (True, False)])
 
 
 def heldout_curve(load_step: Callable[[int], Loaded], steps: Sequence[int], names: Sequence[str],
@@ -319,7 +343,7 @@ def continuous_action_errors(spec, layout: VocabLayout, target_NxA: np.ndarray,
 
     Ids are decoded with the task's own detokenizer (mu-law if companded, times the field's scale);
     the targets' decoded values are the recorded actions to within half a bin (1/1024 of the range).
-    Predictions are the argmax among continuous ids, as the agent acts at temperature 0.
+    Predictions are the ids given (the likeliest continuous bin, or the bin nearest the mean).
     """
     columns = _continuous_columns(spec)
     if not columns or not len(target_NxA):
@@ -470,15 +494,18 @@ def _fixed_batches(loaded: Loaded, items: Sequence[TokenSequence]) -> Iterator[T
 
 
 def _control(loaded: Loaded, names: Sequence[str], settings: EvalSettings, hooks: TaskHooks, out_dir: str,
-             progress: bool) -> dict[str, dict]:
+             progress: bool, key_order: Sequence[str] = ()) -> dict[str, dict]:
     if not names:
         return {}
     key = jax.random.key(settings.seed)
+    task_keys = {}
+    for name in key_order or names:
+        key, task_keys[name] = jax.random.split(key)
     heldout = {name: heldout_episodes(hooks, name) for name in names}  # Fails before any rollout.
     tasks = {}
     for name in tqdm.tqdm(names, desc="tasks", disable=not progress):
-        key, task_key = jax.random.split(key)
-        tasks[name] = evaluate_task(loaded, name, settings, hooks, task_key, out_dir, progress, demos=heldout[name])
+        tasks[name] = evaluate_task(loaded, name, settings, hooks, task_keys[name], out_dir, progress,
+                                    demos=heldout[name])
     return tasks
 
 
@@ -596,7 +623,7 @@ def evaluate_checkpoint(loaded: Loaded, config: ml_collections.ConfigDict, out_d
         raise ValueError("Rolling out control tasks needs TaskHooks (environments and held-out episodes).")
     settings = EvalSettings.from_config(config)
     os.makedirs(out_dir, exist_ok=True)
-    tasks = _control(loaded, list(sources.tasks), settings, task_hooks, out_dir, progress)
+    tasks = _control(loaded, list(sources.tasks), settings, task_hooks, out_dir, progress, sources.key_order)
     report = {"workdir": os.path.abspath(os.path.dirname(out_dir)), "step": loaded.step,
               "settings": settings._asdict(), "tasks": tasks, "summary": report_lib.summary(tasks)}
     report.update(_captions_and_text(loaded, config, sources, data_hooks, progress))
