@@ -58,6 +58,8 @@ CASES = [
      "config.eval.sticky_actions = 2.0"),
     ("eval_task_outside_the_mixture", "eval", [*EVAL, "--tasks=control_pendulum"], 2,
      "--tasks names ['control_pendulum'], not control tasks of this experiment's mixture"),
+    ("continuous_mean_not_a_bool", "eval", [*EVAL, "--config.eval.continuous_mean=maybe"], 2,
+     "--config.eval.continuous_mean=maybe"),
     ("eval_seed_offset_into_dagger_seeds", "eval", [*EVAL, "--config.eval.seed_offset=999999"], 2,
      "config.eval.seed_offset = 999999 is out of range: it must be 0 to 499999"),
     ("seq_len_shorter_than_two_timesteps", "train", [*TRAIN, "--config.seq_len=11"], 2,

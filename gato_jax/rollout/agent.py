@@ -190,6 +190,8 @@ class Agent:
         self.model = model
         self.graphdef, self.params = nnx.split(model)
         self.actions = action_tokens(spec, layout)
+        # On the device once: the act step would otherwise copy these host arrays on every call.
+        self._actions_on_device = ActionTokens(*(jnp.asarray(a) for a in self.actions))
         self.frame_history = episode_lib.FrameHistory(spec)
         continuous = temperature if continuous_temperature is None else continuous_temperature
         is_continuous_A = self.actions.modality_A == Modality.CONTINUOUS
@@ -235,7 +237,7 @@ class Agent:
         overlaps the model's step.
         """
         return _act_jit(self.graphdef, self.params, state, as_jax(obs), jnp.asarray(reset_B, bool), key,
-                        self.actions, self.temperature_A, self.mean_A)
+                        self._actions_on_device, self.temperature_A, self.mean_A)
 
     def decode_actions(self, action_ids_BxA) -> list[dict[str, np.ndarray]]:
         """Sampled ids -> one {field: value} action dict per row."""
