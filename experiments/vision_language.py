@@ -10,7 +10,8 @@ Wall time: training 54 min 29 s (7500 steps of 32 x 128 tokens; two ~35 s evalua
           evaluation 23 s (2026-12-02, JAX 0.10.2).
 Results:  held-out visual questions 0.950 (chance 0.345; target 0.8 met); few-shot episodes with fresh
           nonsense labels 0.480 / 0.590 / 0.717 / 0.767 at 0 / 1 / 2 / 4 shots, 4-shot minus 0-shot +0.287
-          (target +0.3: not met, 0.013 short, one standard error ~0.04; still rising when the hour ended);
+          (target +0.3: not met, 0.013 short, one standard error ~0.04; still rising when the hour ended;
+          a replicate with another seed: +0.207);
           captions 1.000 on seen pairs, 0.104 on novel pairs. No text in the mixture: the one run with
           text 0.05 did not form the in-context lookup at all (questions 0.957, few-shot gain 0.000).
           README "Vision and language" (report.json `vision_language` section): the learning curve, what
