@@ -19,6 +19,7 @@ written whole or not at all):
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -37,7 +38,7 @@ from data_pipelines import captions, corpus, documents, episodes, onpolicy, prep
 from data_pipelines import sources as sources_lib
 from data_pipelines.sources import FlatEpisodes, Source
 from gato_jax.configs import train_seed
-from gato_jax.errors import DataError
+from gato_jax.errors import DataError, UsageError
 from gato_jax.tokenizers import sequence as seq_lib
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.spec import FieldKind, FieldSpec, TaskSpec
@@ -420,6 +421,42 @@ class ImagesDropped:
         seq = self.source(rng)
         keep = np.flatnonzero(seq.modality != Modality.IMAGE)
         return seq_lib.pad_to(TokenSequence(*(field[keep] for field in seq)), self.seq_len)
+
+
+def curriculum_config(config: ml_collections.ConfigDict, step: int) -> ml_collections.ConfigDict:
+    """The config whose data training from `step` draws: from `data.fewshot_late_step` on (when > 0), the
+    fresh few-shot episodes' text and identical shares are the late ones; otherwise `config` itself.
+
+    Only the shares change, not the stream's order: episode i keeps its index, demonstrations and draws
+    (`documents.FreshEpisodes`), so the late stage reshows as ordinary image episodes the ones whose draws
+    fall between the two shares, and a run resumed in either stage reads the batches it would have read."""
+    late = int(config.data.get("fewshot_late_step", 0))
+    if late <= 0 or step < late:
+        return config
+    staged = copy.deepcopy(config)
+    staged.data.fewshot_train_text = float(config.data.fewshot_late_text)
+    staged.data.fewshot_train_identical = float(config.data.fewshot_late_identical)
+    return staged
+
+
+CURRICULUM_FIELDS = ("fewshot_late_step", "fewshot_late_text", "fewshot_late_identical")
+
+
+def check_resumed_curriculum(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                             where: str) -> None:
+    """UsageError when the checkpoint in `where` was trained with another late stage than `config` gives
+    (absent fields: none): resuming would silently change the data the rest of the run draws."""
+    for field in CURRICULUM_FIELDS:
+        had, wanted = saved.get("data", {}).get(field, 0), config.data.get(field, 0)
+        if float(had) != float(wanted):
+            raise UsageError(f"The checkpoint in {where} was trained with config.data.{field}={had}, this run asks "
+                             f"for {wanted}; pass --config.data.{field}={had} to resume it, or a fresh --workdir.")
+
+
+def next_curriculum_stop(config: ml_collections.ConfigDict, step: int) -> int:
+    """Where training from `step` must pause to rebuild its data: the late stage's first step, else the end."""
+    late = int(config.data.get("fewshot_late_step", 0))
+    return late if 0 < late and step < late else int(config.num_train_steps)
 
 
 def build_train_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,

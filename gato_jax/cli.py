@@ -298,6 +298,10 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.fewshot_train_one_difference", _probability, "a share in [0, 1]"),
     ("data.fewshot_train_identical", _probability, "a share in [0, 1]"),
     ("data.fewshot_train_text", _probability, "a share in [0, 1]"),
+    ("data.fewshot_late_step", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0,
+     "a whole training step >= 0 (0: one stage)"),
+    ("data.fewshot_late_text", _probability, "a share in [0, 1]"),
+    ("data.fewshot_late_identical", _probability, "a share in [0, 1]"),
     ("dagger.episodes", lambda x: _positive(x) and x < 1000, "in 1..999 (rounds' episode seeds are 1000 apart)"),
     ("dagger.share", _probability, "a share in [0, 1]"),
     ("dagger.beta", _probability, "a probability in [0, 1] (0: the model acts on every step of a round)"),
@@ -346,6 +350,15 @@ def check_config(config: ml_collections.ConfigDict, known_sources: Iterable[str]
     _check_sizes(config)
     _check_mixture(config, known_sources)
     _check_dagger_steps(config)
+    _check_fewshot_late_step(config)
+
+
+def _check_fewshot_late_step(config: ml_collections.ConfigDict) -> None:
+    present, step = _get(config, "data.fewshot_late_step")
+    if present and step >= config.num_train_steps:
+        raise UsageError(f"config.data.fewshot_late_step={step} is at or past num_train_steps="
+                         f"{config.num_train_steps}, where no step would train on the late shares; pass a step "
+                         "below it, or 0 for one stage.")
 
 
 def _check_dagger_steps(config: ml_collections.ConfigDict) -> None:

@@ -214,6 +214,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Share of fresh episodes (drawn independently again) shown as text: each image replaced by its class's
     # value, "red :", then the word. The same lookup on token keys, where it forms fast with smeared keys.
     c.data.fewshot_train_text = 0.0
+    # A second stage of that curriculum (0: none): from training step `fewshot_late_step` on, fresh episodes
+    # are drawn with the text and identical shares below instead. The easy kinds are stepping stones: once
+    # the lookup has formed on them they cost ~0 nats and teach nothing, so the later steps go to the
+    # held-out kind (`stream.curriculum_config`; the run pauses there with a checkpoint, as at a DAgger round).
+    c.data.fewshot_late_step = 0
+    c.data.fewshot_late_text = 0.0
+    c.data.fewshot_late_identical = 0.0
     c.data.caption_digits = True  # Mix scikit-learn's digits into captions (False: scenes only).
     # Delete every image position from the training and held-out examples (a text-only run whose decoder
     # then warm-starts a model.kind="prismer" run, which reads images only through cross-attention).
@@ -345,6 +352,8 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.eval.matched_error_episodes = 2
     if c.dagger.steps:  # The experiment's DAgger round, at the smoke run's midpoint.
         c.dagger.steps, c.dagger.episodes = (c.num_train_steps // 2,), 2
+    if c.data.fewshot_late_step:  # The curriculum's late stage, at the midpoint too.
+        c.data.fewshot_late_step = c.num_train_steps // 2
     c.eval.caption_examples, c.eval.text_batches = 10, 1
     c.data.document_train_examples, c.data.document_test_examples = 60, 21
     c.eval.question_examples, c.eval.fewshot_examples = 14, 8

@@ -33,9 +33,12 @@ def _define(fv: flags.FlagValues) -> None:
 
 
 def check_resumable(config, workdir: str) -> None:
-    """A checkpoint already in `workdir` must be of this model and vocabulary (read before any data is built)."""
+    """A checkpoint already in `workdir` must be of this model, vocabulary and few-shot curriculum (read before
+    any data is built)."""
     if has_checkpoints(workdir):
-        check_compatible(read_meta(workdir), config, VocabLayout.from_config(config), checkpoint_root(workdir))
+        meta = read_meta(workdir)
+        check_compatible(meta, config, VocabLayout.from_config(config), checkpoint_root(workdir))
+        stream.check_resumed_curriculum(meta.config, config, checkpoint_root(workdir))
         _resume_step(config, workdir)  # Its DAgger rounds are this config's.
 
 
@@ -54,14 +57,17 @@ def _resume_step(config: ml_collections.ConfigDict, workdir: str) -> int:
 
 
 def train_in_stages(config: ml_collections.ConfigDict, workdir: str, dirs: Mapping[str, Path]) -> list[dict]:
-    """Trains to config.num_train_steps, pausing at each DAgger round (`gato_jax.dagger`) to collect it; the
-    stream of each stage holds the rounds before it. Without rounds this is one `train_and_evaluate`."""
+    """Trains to config.num_train_steps, pausing at each DAgger round (`gato_jax.dagger`) to collect it and
+    at the few-shot curriculum's late stage (`stream.curriculum_config`); the stream of each stage holds the
+    rounds before it and that stage's shares. Without either this is one `train_and_evaluate`. Checkpoints
+    keep `config` itself, late shares included, so a resumed run picks its stage by its step."""
     rows: list[dict] = []
     while True:
         step = _resume_step(config, workdir)
         dagger.collect_due(config, workdir, step, dirs)
-        stop = dagger.next_stop(config, step)
-        data = stream.build_train_data(config, jax.process_index(), jax.process_count(), dirs,
+        stop = min(dagger.next_stop(config, step), stream.next_curriculum_stop(config, step))
+        data = stream.build_train_data(stream.curriculum_config(config, step), jax.process_index(),
+                                       jax.process_count(), dirs,
                                        onpolicy_roots=dagger.rounds_before(config, workdir, step))
         rows += train_and_evaluate(config, workdir, data, stop_after=stop)
         if stop >= config.num_train_steps or _resume_step(config, workdir) < stop:  # Done, or stopped by a signal.

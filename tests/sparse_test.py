@@ -106,3 +106,49 @@ def test_step_flops_count_what_each_path_runs():
     want = b * t * flops_per_token(config.model, config.seq_len, v, image_fraction=0.9375, logits_fraction=0.25,
                                    patch_matmuls=True)
     assert step_flops(config, v, batch) == pytest.approx(want) and want < plain
+    config.model.image_encoder, config.model.resampler_tokens = "resampler", 1
+    local_pos = np.where(modality == Modality.IMAGE, (np.arange(t) % 8 - 1)[None], -1)  # 8 images of 7 per row.
+    batch = batch._replace(local_pos=local_pos.astype(np.int32), segment_ids=np.ones((b, t), np.int32))
+    gathered = b * t * flops_per_token(config.model, config.seq_len, v, image_fraction=0.9375, logits_fraction=0.25,
+                                       patch_matmuls=True, latent_fraction=8 / 64)  # The row cap of 8 holds 8.
+    everywhere = b * t * flops_per_token(config.model, config.seq_len, v, image_fraction=0.9375,
+                                         logits_fraction=0.25, patch_matmuls=True)
+    assert step_flops(config, v, batch) == pytest.approx(gathered) and gathered < everywhere
+    config.model.resampler_tokens = 2  # 16 outputs a row: the next row cap, 32.
+    assert step_flops(config, v, batch) == pytest.approx(b * t * flops_per_token(
+        config.model, config.seq_len, v, image_fraction=0.9375, logits_fraction=0.25, patch_matmuls=True,
+        latent_fraction=32 / 64))
+
+
+FITS = [[0, 1, 1, 1, 0, 2, 2, 2, 2, 0, 0, 3, 0, 4, 4, 0],  # Spans of 3, 4, 1 (fewer patches than K) and 2.
+        [5, 5, 5, 6, 6, 6, 0, 7, 7, 7, 0, 0, 0, 0, 0, 8]]  # A span at the row's end.
+OVER_CAP = [FITS[0], [5, 5, 5, 6, 6, 6, 0, 7, 7, 7, 8, 8, 8, 9, 9, 9]]  # 10 outputs at K = 2: over the cap of 8.
+
+
+@pytest.mark.parametrize(("tokens", "spans"), [(1, FITS), (2, FITS), (2, OVER_CAP)],
+                         ids=["k1", "k2", "k2_over_the_cap"])
+def test_resampler_at_its_outputs_only_equals_every_position(tokens, spans):
+    """The sparse path's resampler (each row's outputs gathered under a cap of 8 in a 16-token row) against
+    the plain one: the same outputs, and gradients for the patches and every parameter; a batch with a row
+    over the cap runs the dense fallback."""
+    from gato_jax import configs
+    from gato_jax.model.layers import ModelDims
+    from gato_jax.model.resampler import ROW_CAP_FRACTIONS, PerceiverResampler
+
+    assert sparse.caps_from_fractions(ROW_CAP_FRACTIONS, 16) == (8,)
+    config = configs.model_config("tiny")
+    config.image_encoder, config.resampler_tokens, config.resampler_layers = "resampler", tokens, 2
+    graphdef, params = nnx.split(PerceiverResampler(ModelDims.from_config(config), rngs=nnx.Rngs(0)))
+    spans_BxT = jnp.asarray(spans)
+    patches_BxTxD = jax.random.normal(jax.random.key(1), (*spans_BxT.shape, config.d_model))
+
+    def total(patches_BxTxD, params, gathered):
+        out_BxTxD = nnx.merge(graphdef, params)(patches_BxTxD, spans_BxT, gathered=gathered)
+        return jnp.sum(jnp.sin(out_BxTxD)), out_BxTxD
+
+    run = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True), static_argnums=2)
+    (_, plain), plain_grads = run(patches_BxTxD, params, False)
+    (_, fast), fast_grads = run(patches_BxTxD, params, True)
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

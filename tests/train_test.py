@@ -197,6 +197,27 @@ def test_sparse_step_equals_plain_step(one_device_grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+def test_sparse_step_with_the_resampler_on_a_mesh_equals_the_plain_step():
+    """The sparse step runs the resampler only at its outputs (gathered per row under a cap); on a 2x2x2 mesh
+    it gives the one-device plain step's loss and gradients."""
+    from gato_jax.model.attention import span_ids
+    from gato_jax.model.resampler import ROW_CAP_FRACTIONS, slots_from_end
+    from gato_jax.model.sparse import caps_from_fractions
+
+    config = tiny_config()
+    config.model.image_encoder, config.model.resampler_tokens = "resampler", 1
+    batch = SyntheticIterator(LAYOUT, config.batch_size, config.seq_len).global_batch_at(0)
+    slots = slots_from_end(span_ids(*(jnp.asarray(x) for x in (batch.modality, batch.local_pos, batch.segment_ids))))
+    outputs_per_row = np.asarray(jnp.sum(slots == 0, axis=1))
+    assert 0 < outputs_per_row.max() <= caps_from_fractions(ROW_CAP_FRACTIONS, config.seq_len)[0]  # Gathered.
+    loss, grads = _loss_and_grads(config, one_device_mesh(), batch, state_lib.StepOptions())
+    mesh = sharding_lib.make_mesh(tiny_config(mesh=dict(data=2, fsdp=2, tensor=2)).mesh)
+    sparse_loss, sparse_grads = _loss_and_grads(config, mesh, batch)
+    np.testing.assert_allclose(sparse_loss, loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(sparse_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("mesh_shape", [
     (2, 2, 2),
     pytest.param((8, 1, 1), marks=pytest.mark.slow),

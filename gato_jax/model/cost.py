@@ -9,9 +9,11 @@ backward, counted as full rather than causal, as PaLM does). The third is the pa
 and projection (`patch_flops`) wherever it runs: every position in the plain pass. The sparse train step
 runs the logits and the ResNet on fewer positions (`image_fraction`, `logits_fraction`), the ResNet's
 3x3 convolutions as dense matrices (`patch_matmuls`). With `model.image_encoder="resampler"`, the
-perceiver resampler's layers run at every position (dense, `resampler_flops`): per layer the q and
-output projections on the position, k and v on its patch embedding and its latent (2 keys per position),
-the MLP, and attention over 2 * seq_len keys. Ignored as < 1% of the total: biases, norms, activations
+perceiver resampler's layers run at every position in the plain pass (`resampler_flops`): per layer the q
+and output projections on the position, k and v on its patch embedding and its latent (2 keys per
+position), the MLP, and attention over 2 * seq_len keys; the sparse step runs them on a fraction f of
+the positions (each row's outputs, under a cap), keyed by the row's patches and those outputs (1 + f keys
+per position, attention over (1 + f) * seq_len keys). Ignored as < 1% of the total: biases, norms, activations
 and position tables (lookups).
 """
 from __future__ import annotations
@@ -52,25 +54,30 @@ def patch_flops(model_config: ml_collections.ConfigDict, as_matmuls: bool = Fals
 
 
 def flops_per_token(model_config: ml_collections.ConfigDict, seq_len: int, vocab_size: int, *,
-                    image_fraction: float = 1.0, logits_fraction: float = 1.0, patch_matmuls: bool = False) -> float:
+                    image_fraction: float = 1.0, logits_fraction: float = 1.0, patch_matmuls: bool = False,
+                    latent_fraction: float = 1.0) -> float:
     """Training FLOPs per token (forward and backward), see the module docstring.
 
-    Defaults: the plain pass (logits and patch ResNet at every position). `image_fraction` and
-    `logits_fraction` are the fractions of positions the ResNet and the logits run at.
+    Defaults: the plain pass (logits, patch ResNet and resampler at every position). `image_fraction`,
+    `logits_fraction` and `latent_fraction` are the fractions of positions the ResNet, the logits and the
+    resampler's latents run at.
     """
     d = ModelDims.from_config(model_config)
     attention = 12 * d.num_layers * d.num_heads * d.head_dim * seq_len
     blocks = matmul_params(model_config, vocab_size) - vocab_size * d.d_model
     logits = logits_fraction * vocab_size * d.d_model
     patches = image_fraction * patch_flops(model_config, patch_matmuls)
-    return float(6 * (blocks + logits) + attention + 3 * patches + resampler_flops(model_config, seq_len))
+    resampler = resampler_flops(model_config, seq_len, latent_fraction)
+    return float(6 * (blocks + logits) + attention + 3 * patches + resampler)
 
 
-def resampler_flops(model_config: ml_collections.ConfigDict, seq_len: int) -> float:
-    """Training FLOPs per token of the perceiver resampler (module docstring); 0 without one."""
+def resampler_flops(model_config: ml_collections.ConfigDict, seq_len: int, latent_fraction: float = 1.0) -> float:
+    """Training FLOPs per token of the perceiver resampler with latents at `latent_fraction` f of the
+    positions (1: the plain pass, every position; module docstring); 0 without one."""
     d = ModelDims.from_config(model_config)
     if d.image_encoder != "resampler":
         return 0.0
-    attn_width = d.num_heads * d.head_dim
-    matmuls = 6 * d.d_model * attn_width + 2 * d.d_model * d.mlp_dim  # q, out; k, v on 2 keys; MLP.
-    return float(d.resampler_layers * (6 * matmuls + 12 * attn_width * 2 * seq_len))
+    f, attn_width = float(latent_fraction), d.num_heads * d.head_dim
+    # q, out and the MLP at the latents; k, v on every patch and every latent (1 + f keys per position).
+    matmuls = 2 * d.d_model * attn_width * f + 2 * d.d_model * attn_width * (1 + f) + 2 * d.d_model * d.mlp_dim * f
+    return float(d.resampler_layers * (6 * matmuls + 12 * attn_width * f * (1 + f) * seq_len))

@@ -173,7 +173,8 @@ class Embedder(nnx.Module):
 
         `image_caps` None runs the patch ResNet (convolutions) at every position. A tuple (static ints,
         ascending) runs it as matrix products, only on the image positions, gathered up to the smallest
-        cap that holds them (at every position when none does): the same embeddings, faster.
+        cap that holds them (at every position when none does), and the resampler only at its outputs:
+        the same embeddings, faster.
         `image_spans` (int [B, T], `attention.span_ids(..., "images")`) is required by the resampler.
         """
         token_BxTxD = lookup(self.token, seq.tokens, "vocab") * jnp.asarray(self.scale, self.token.dtype)
@@ -183,7 +184,7 @@ class Embedder(nnx.Module):
         if self.resampler is not None:
             if image_spans is None:
                 raise ValueError("The perceiver resampler needs each image's span ids (image_spans).")
-            image_BxTxD = self.resampler(image_BxTxD, image_spans)
+            image_BxTxD = self.resampler(image_BxTxD, image_spans, gathered=image_caps is not None)
         x_BxTxD = jnp.where(is_image_BxT[..., None], image_BxTxD, token_BxTxD)
         local_BxT = seq.local_pos
         local_BxTxD = lookup(self.local_pos, jnp.clip(local_BxT, 0, MAX_LOCAL_POSITIONS))

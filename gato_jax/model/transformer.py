@@ -127,7 +127,8 @@ class Gato(nnx.Module):
         is `__call__`. Training takes logits only where a target follows (`train.loss`).
 
         Arguments as `__call__`; `image_caps` (a tuple, possibly empty) runs the patch ResNet as matrix
-        products on image positions only (`Embedder.__call__`): the same embeddings, faster. `unroll`:
+        products on image positions only and the perceiver resampler only at its outputs
+        (`Embedder.__call__`): the same embeddings, faster. `unroll`:
         layers per iteration of the scan over layers, 0 for all (the backward pass then stacks no
         per-layer residuals; on CPU that was ~15% of a train step).
         """

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from gato_jax.model.cost import flops_per_token
+from gato_jax.model.resampler import ROW_CAP_FRACTIONS
 from gato_jax.model.sparse import caps_from_fractions
 from gato_jax.tokenizers.sequence import Modality, TokenSequence
 
@@ -88,7 +89,8 @@ def peak_flops() -> dict:
 def step_flops(config: ml_collections.ConfigDict, vocab_size: int, batch: TokenSequence) -> float:
     """Training FLOPs one step executes on `batch` (numpy) under `config.train`: the plain path runs the
     ResNet and the logits at every position; the sparse path at the smallest cap of positions holding the
-    batch's image tokens and targets (every position when none does), the ResNet as matrix products."""
+    batch's image tokens and targets (every position when none does), the ResNet as matrix products, and a
+    perceiver resampler at each row's outputs under its row cap (`_latent_fraction`)."""
     n = batch.tokens.size
     sparse = bool(config.get("train") and config.train.sparse)
     fractions = {"image_fraction": 1.0, "logits_fraction": 1.0, "patch_matmuls": sparse}
@@ -98,4 +100,21 @@ def step_flops(config: ml_collections.ConfigDict, vocab_size: int, batch: TokenS
                 ("logits_fraction", config.train.loss_position_caps, np.asarray(batch.loss_mask)[:, 1:])):
             count = int(mask.sum())
             fractions[name] = next((c for c in caps_from_fractions(caps, n) if c >= count), n) / n
+    if sparse and str(config.model.get("image_encoder", "patches")) == "resampler":
+        fractions["latent_fraction"] = _latent_fraction(config, batch)
     return n * flops_per_token(config.model, config.seq_len, vocab_size, **fractions)
+
+
+def _latent_fraction(config: ml_collections.ConfigDict, batch: TokenSequence) -> float:
+    """Fraction of a row's positions the sparse resampler runs at: the smallest row cap holding the batch's
+    fullest row of outputs (`resampler.ROW_CAP_FRACTIONS`), 1 when none does. In numpy, as the rest of the
+    count: the loop calls it on every batch, and device ops here would wait behind the running step."""
+    modality, segment = np.asarray(batch.modality), np.asarray(batch.segment_ids)
+    # Image spans as `attention.span_ids` draws them: maximal runs of image positions of one segment.
+    in_span = (modality == Modality.IMAGE) & (segment != 0)
+    continues = np.pad(in_span[:, :-1] & (segment[:, :-1] == segment[:, 1:]), ((0, 0), (1, 0)))
+    ids = np.where(in_span, np.cumsum(in_span & ~continues, axis=1), 0)
+    k = int(config.model.resampler_tokens)
+    most = max((int(np.minimum(np.bincount(row[row > 0])[1:], k).sum()) for row in ids), default=0)
+    t = int(modality.shape[1])
+    return next((c for c in caps_from_fractions(ROW_CAP_FRACTIONS, t) if c >= most), t) / t
