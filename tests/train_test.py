@@ -19,7 +19,7 @@ from gato_jax import sharding as sharding_lib
 from gato_jax.load import load_checkpoint
 from gato_jax.model import Gato
 from gato_jax.model.build import create_sharded_model
-from gato_jax.tokenizers.sequence import TokenSequence
+from gato_jax.tokenizers.sequence import Modality, TokenSequence
 from gato_jax.tokenizers.vocab import VocabLayout
 from gato_jax.train import loop, optim
 from gato_jax.train import state as state_lib
@@ -197,6 +197,19 @@ def test_sparse_step_equals_plain_step(one_device_grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+def with_images(batch: TokenSequence, every: int = 6, length: int = 3) -> TokenSequence:
+    """The batch with an image of `length` random patches at every `every`-th position from 1 (no loss there)."""
+    is_image = np.zeros(batch.tokens.shape, bool)
+    for start in range(1, batch.tokens.shape[1] - length, every):
+        is_image[:, start:start + length] = True
+    patches = np.random.default_rng(0).integers(0, 256, batch.patches.shape) * is_image[..., None]
+    patch_index = np.cumsum(is_image, axis=1) % length
+    return batch._replace(modality=np.where(is_image, Modality.IMAGE, batch.modality).astype(np.int32),
+                          tokens=np.where(is_image, LAYOUT.special_id("<image>"), batch.tokens).astype(np.int32),
+                          local_pos=np.where(is_image, patch_index, batch.local_pos).astype(np.int32),
+                          patches=patches.astype(np.uint8), loss_mask=batch.loss_mask & ~is_image)
+
+
 def test_sparse_step_with_the_resampler_on_a_mesh_equals_the_plain_step():
     """The sparse step runs the resampler only at its outputs (gathered per row under a cap); on a 2x2x2 mesh
     it gives the one-device plain step's loss and gradients."""
@@ -206,7 +219,7 @@ def test_sparse_step_with_the_resampler_on_a_mesh_equals_the_plain_step():
 
     config = tiny_config()
     config.model.image_encoder, config.model.resampler_tokens = "resampler", 1
-    batch = SyntheticIterator(LAYOUT, config.batch_size, config.seq_len).global_batch_at(0)
+    batch = with_images(SyntheticIterator(LAYOUT, config.batch_size, config.seq_len).global_batch_at(0))
     slots = slots_from_end(span_ids(*(jnp.asarray(x) for x in (batch.modality, batch.local_pos, batch.segment_ids))))
     outputs_per_row = np.asarray(jnp.sum(slots == 0, axis=1))
     assert 0 < outputs_per_row.max() <= caps_from_fractions(ROW_CAP_FRACTIONS, config.seq_len)[0]  # Gathered.
