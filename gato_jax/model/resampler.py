@@ -109,8 +109,7 @@ class PerceiverResampler(nnx.Module):
     def _gathered(self, patches_BxTxD, span_ids_BxT, is_latent_BxT, query_BxT, cap: int) -> jax.Array:
         """Each row's first `cap` latents (R = cap) over the row's patches and those latents, scattered back."""
         t = span_ids_BxT.shape[1]
-        idx_BxR = jax.vmap(lambda row: jnp.nonzero(row, size=cap, fill_value=t)[0])(is_latent_BxT).astype(jnp.int32)
-        valid_BxR = idx_BxR < t
+        idx_BxR, valid_BxR = jax.vmap(lambda row: sparse.masked_indices(row, cap))(is_latent_BxT)  # Fill: t.
         at_BxR = jnp.minimum(idx_BxR, t - 1)
         span_BxR = jnp.where(valid_BxR, jnp.take_along_axis(span_ids_BxT, at_BxR, axis=1), -1)  # -1 meets nothing.
         query_BxR = jnp.take_along_axis(query_BxT, at_BxR, axis=1)
