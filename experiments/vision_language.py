@@ -10,7 +10,7 @@ Wall time: training 52 min 53 s (9500 steps of 32 x 128 tokens, a pause at step 
           late stage), evaluation 25 s (2026-12-02, JAX 0.10.2).
 Results:  held-out visual questions 0.986 (chance 0.345; target 0.8 met); few-shot episodes with fresh
           nonsense labels 0.493 / 0.653 / 0.737 / 0.833 at 0 / 1 / 2 / 4 shots, 4-shot minus 0-shot +0.340
-          (target +0.3: met by this seed-0 run, one standard error ~0.04; README for the replicate);
+          (target +0.3: met; a replicate with another seed: +0.337; one standard error ~0.04);
           captions 1.000 on seen pairs, 0.299 on novel pairs. No text in the mixture: the one run with
           text 0.05 did not form the in-context lookup at all.
           README "Vision and language" (report.json `vision_language` section): the learning curve, what
